@@ -1,0 +1,45 @@
+"""User-facing errors.
+
+An :class:`EdgeMerError` carries one line that names the input and says what is wrong. The CLI
+prints it as ``edge-mer: error: <line>`` and exits with its ``exit_code``; no traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeMerError(Exception):
+    """A clear, one-line error about user input (a file, a flag, a device).
+
+    >>> raise EdgeMerError("clip.mp4: no audio track")
+    Traceback (most recent call last):
+    ...
+    edge_mer.errors.EdgeMerError: clip.mp4: no audio track
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        # Keep it to one line whatever the caller passed in.
+        super().__init__(" ".join(str(message).split()))
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class ConfigError(EdgeMerError):
+    """A configuration file or ``--set`` override is wrong."""
+
+
+class BundleError(EdgeMerError):
+    """A model bundle is missing, incomplete, tampered with or of an unknown schema."""
+
+
+class MediaError(EdgeMerError):
+    """A media file or capture device cannot be read."""
+
+    exit_code = 3
+
+
+class DeviceError(EdgeMerError):
+    """A camera, microphone, GPU or TensorRT is absent or failed."""
+
+    exit_code = 4
