@@ -58,6 +58,7 @@ class FaceCfg:
     scale_factor: float = 0.709  # image pyramid step
     select: str = "largest"  # which face when several: "largest" or "tracked"
     detect_every_n: int = 5  # runtime: run MTCNN on every Nth frame, track boxes in between
+    sample_fps: float = 10.0  # preprocessing: video frames per second decoded for the cache's face crops and landmarks
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class EncoderCfg:
     face: str = "face_cnn"  # registered encoder name for face crops
     landmarks: str = "landmarks_stgcn"  # registered encoder name for landmarks
     text: str = "text_minilm"  # registered encoder name for words
+    features: str = "mlp"  # registered encoder for pre-extracted feature vectors (RAVDESS AUs, CMU-MOSI)
+    options: tuple[str, ...] = ()  # per-encoder settings "NAME.key=value", NAME an encoder or a stream, e.g. "audio_tcn.hidden=256"
     feature_dim: int = 512  # size of the features f read by the probes (before the projector)
     proj_hidden: int = 1024  # projector hidden size (Linear-ReLU-Linear)
     proj_dim: int = 512  # projector output size (L2-normalised)

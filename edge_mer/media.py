@@ -129,9 +129,12 @@ def load_audio(path: str | os.PathLike, sample_rate_hz: int = 16000) -> np.ndarr
     return wave
 
 
-def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+def iter_video_frames(path: str | os.PathLike, fps: float | None = None,
+                      start_s: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """Decode the first video track as ``(t_s, frame)`` with ``frame`` a BGR uint8 array
-    (OpenCV order). With ``fps`` frames are subsampled to at most that rate."""
+    (OpenCV order). With ``fps`` frames are subsampled to at most that rate. With ``start_s`` the
+    decoder seeks to the keyframe before it and yields frames from ``start_s`` on (a segment of a
+    long video without decoding everything before it)."""
     import av
 
     container = _open(path)
@@ -141,16 +144,22 @@ def iter_video_frames(path: str | os.PathLike, fps: float | None = None) -> Iter
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         time_base = stream.time_base or Fraction(1, 1000)
-        next_t = 0.0
+        next_t = start_s or 0.0
         step = 1.0 / fps if fps else 0.0
         index = 0
         try:
+            if start_s:
+                # backward=True lands on the keyframe at or before start_s; frames up to start_s
+                # are decoded and dropped below
+                container.seek(int(start_s / time_base), stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 if frame.pts is not None:
                     t = float(frame.pts * time_base)
                 else:
                     t = index / float(stream.average_rate or 30)
                 index += 1
+                if start_s and t + 1e-6 < start_s:
+                    continue
                 if step and t + 1e-6 < next_t:
                     continue
                 next_t = t + step
