@@ -1,0 +1,372 @@
+"""``edge-mer run``: a continuous emotion stream from a camera and microphone, or a recording.
+
+Two threads: the *reader* pulls items from the source, keeps frames at the rate the face stages
+need, and cuts windows (:class:`~edge_mer.stream.windower.Windower`) into a bounded window queue;
+the *main* thread takes windows from it, runs the stages, fuses, smooths and emits events. With a
+live source or real-speed replay a full window queue drops by ``runtime.drop_policy`` (counted in
+``--stats`` as ``windows``); ``--fast`` replay waits instead, so every window is processed.
+
+Privacy: nothing but events leaves the process. Frames and audio are written only with
+``--record DIR``; words appear in events only with ``--emit-text``.
+
+>>> from edge_mer.cli import main
+>>> main(["run", "--video", "samples/crema-d_1001_DFA_six_emotions.mp4", "--fast"])   # doctest: +SKIP
+{"window": 0, "t_start": 0.0, "t_end": 2.0, "label": "neutral", ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from edge_mer.config import Config, RuntimeCfg, load_config, save_config
+from edge_mer.errors import DeviceError, EdgeMerError
+from edge_mer.modality import Modality
+from edge_mer.stream.sources import DROP_POLICIES, BoundedQueue, FileSource, Frame, LiveSource, Source, camera_spec
+from edge_mer.stream.stats import Stats
+from edge_mer.stream.windower import Window, Windower
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  edge-mer run --video samples/crema-d_1001_DFA_six_emotions.mp4 --fast
+  edge-mer run --camera 0 --mic default --vosk-model ~/vosk-model-small-en-us-0.15 --stats
+  edge-mer run --audio speech.flac --out events.jsonl --emit-text --vosk-model DIR
+  edge-mer run --camera 0 --ws 8765          (events on ws://127.0.0.1:8765)
+"""
+
+# Frames analysed per second when only the face count (no face encoder) needs them.
+_COUNT_FPS = 5.0
+# Never analyse more frames per second than this, whatever the bundle asks for.
+_MAX_ANALYSIS_FPS = 30.0
+_END = object()  # marks the end of the window queue
+
+
+def add_run_parser(subparsers, add_config_args: Callable[[argparse.ArgumentParser], None], default_bundle) -> None:
+    """Add ``run`` to the ``edge-mer`` subcommands."""
+    p = subparsers.add_parser(
+        "run", help="stream emotion events from a camera/microphone or a recording",
+        description="Continuous emotion recognition: face, landmarks, speech and words fused per window. "
+        "With no source flag the default camera and microphone are used (whichever exist).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("sources (live devices, or one file)")
+    src.add_argument("--camera", type=camera_spec, metavar="N",
+                     help="OpenCV camera: an index (0), a device path, or a GStreamer pipeline (Jetson CSI)")
+    src.add_argument("--mic", metavar="DEVICE", help="microphone: 'default', a sounddevice index or name")
+    src.add_argument("--video", metavar="FILE", help="replay a video file with its audio track")
+    src.add_argument("--audio", metavar="FILE", help="replay an audio file")
+    src.add_argument("--fast", action="store_true", help="replay files as fast as possible (default: real speed)")
+    src.add_argument("--max-seconds", type=float, metavar="S", help="stop live capture after S seconds")
+    model = p.add_argument_group("model")
+    model.add_argument("--bundle", default=str(default_bundle), help="model bundle directory (default: %(default)s)")
+    model.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory for words (else text.vosk_model; "
+                       "without one the text modality is off). Never downloaded.")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--out", metavar="FILE", help="write events as JSON Lines to FILE instead of stdout")
+    out.add_argument("--ws", metavar="[HOST:]PORT", help="also serve events over WebSocket (default host 127.0.0.1)")
+    out.add_argument("--display", action="store_true", help="show an OpenCV window (needs a GUI OpenCV)")
+    out.add_argument("--emit-text", action="store_true", help="include the transcript in events (off: privacy)")
+    out.add_argument("--record", metavar="DIR", help="also save the frames and audio read into DIR (off: privacy)")
+    out.add_argument("--stats", action="store_true", help="print per-stage latency, FPS, RTF and drops at exit")
+    add_config_args(p)
+    p.set_defaults(func=run_command)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _check_args(args: argparse.Namespace, runtime: RuntimeCfg) -> None:
+    files = [f for f in (args.video, args.audio) if f]
+    if len(files) > 1:
+        raise EdgeMerError("give one of --video or --audio, not both")
+    if files and (args.camera is not None or args.mic is not None):
+        raise EdgeMerError("a file source (--video/--audio) cannot be combined with --camera or --mic")
+    if args.fast and not files:
+        raise EdgeMerError("--fast replays a file; it needs --video or --audio")
+    if runtime.drop_policy not in DROP_POLICIES:
+        raise EdgeMerError(f"runtime.drop_policy must be one of {', '.join(DROP_POLICIES)}, got {runtime.drop_policy!r}")
+    if runtime.smoothing_tau_s < 0:
+        raise EdgeMerError(f"runtime.smoothing_tau_s must be >= 0 seconds, got {runtime.smoothing_tau_s}")
+    if runtime.queue_size < 1:
+        raise EdgeMerError(f"runtime.queue_size must be at least 1, got {runtime.queue_size}")
+
+
+def _mic_device(text: str | None) -> str | int | None:
+    if text is None or text == "default":
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def build_source(args: argparse.Namespace, runtime: RuntimeCfg, sample_rate_hz: int, want_video: bool = True) -> Source:
+    """The source the flags ask for. With no source flag: camera 0 and the default microphone,
+    whichever exist (one-line DeviceError when neither does). ``want_video=False`` skips decoding
+    a video file's frames when nothing would read them."""
+    if args.video:
+        return FileSource(args.video, sample_rate_hz, realtime=not args.fast, use_video=want_video)
+    if args.audio:
+        return FileSource(args.audio, sample_rate_hz, realtime=not args.fast, use_video=False)
+    if args.camera is not None or args.mic is not None:
+        return LiveSource(args.camera, _mic_device(args.mic), args.mic is not None, sample_rate_hz,
+                          runtime.queue_size, runtime.drop_policy, args.max_seconds, runtime.source_retry_s)
+    def live(camera: int | None, use_mic: bool) -> LiveSource:
+        return LiveSource(camera, None, use_mic, sample_rate_hz, runtime.queue_size, runtime.drop_policy,
+                          args.max_seconds, runtime.source_retry_s)
+
+    try:
+        return live(0, True)
+    except DeviceError as exc:
+        problems = [str(exc)]
+        camera_failed = str(exc).startswith("camera")
+    # Whichever device failed, the other one alone.
+    try:
+        return live(None, True) if camera_failed else live(0, False)
+    except DeviceError as exc:
+        problems.append(str(exc))
+    raise DeviceError(f"no camera and no microphone could be opened ({'; '.join(problems)}); "
+                      "pass --video FILE or --audio FILE to replay a recording")
+
+
+def analysis_fps(modalities: tuple[Modality, ...], face_cfg) -> float:
+    """Frames per second the face stages analyse: the rate preprocessing sampled the training
+    videos at (``face.sample_fps`` of the bundle), so a window's crops and landmarks are spaced in
+    time as the encoders saw them; a low rate when only the face count is wanted."""
+    if Modality.FACE in modalities or Modality.LANDMARKS in modalities:
+        return min(_MAX_ANALYSIS_FPS, face_cfg.sample_fps)
+    return _COUNT_FPS
+
+
+class _RateLimiter:
+    """Keeps frames at most ``fps`` per second of stream time (the rest are skipped, by design)."""
+
+    def __init__(self, fps: float) -> None:
+        self.step = 1.0 / fps
+        self.next_t: float | None = None
+
+    def keep(self, t_s: float) -> bool:
+        if self.next_t is not None and t_s + 1e-6 < self.next_t:
+            return False
+        # On a fixed grid (not "last kept + step") so the rate does not drift with jitter; after
+        # a gap the grid restarts at the frame.
+        on_grid = self.next_t is not None and t_s < self.next_t + self.step
+        self.next_t = self.next_t + self.step if on_grid else t_s + self.step
+        return True
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class _Reader(threading.Thread):
+    """Source -> frame rate limit -> windower -> bounded window queue, on its own thread."""
+
+    def __init__(self, source: Source, windower: Windower, queue: BoundedQueue, limiter: _RateLimiter | None,
+                 block: bool, stats: Stats, recorder, extractor) -> None:
+        super().__init__(name="edge-mer-reader", daemon=True)
+        self.source, self.windower, self.queue = source, windower, queue
+        self.limiter, self.block, self.stats, self.recorder = limiter, block, stats, recorder
+        self.extractor = extractor
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for item in self.source:
+                if self.stop.is_set():
+                    break
+                if self.recorder is not None:
+                    self.recorder.add(item)
+                if isinstance(item, Frame):
+                    self.stats.count("frames")
+                    if self.limiter is None or not self.limiter.keep(item.t_s):
+                        continue
+                else:
+                    self.extractor.push_audio(item)
+                for window in self.windower.push(item):
+                    self.queue.put(window, block=self.block)
+            if not self.stop.is_set():
+                for window in self.windower.flush():
+                    self.queue.put(window, block=self.block)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.error = exc
+        finally:
+            self.source.close()
+            self.extractor.end_audio()
+            self.queue.put(_END, block=True)
+
+
+def _redirect_stdout_to_devnull() -> None:
+    # After a broken pipe, Python's exit-time flush of stdout would fail again and print a
+    # traceback; point the descriptor at /dev/null so the exit is quiet.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+def _limit_blas_threads():
+    """One BLAS thread for the run, when threadpoolctl is installed.
+
+    The runtime's numpy matrix products are small (MTCNN's pyramid resampling, the mel
+    filterbank); OpenBLAS spreading them over cores that the reader thread and ONNX Runtime
+    already use made MTCNN ~15x slower on a busy 2-core machine (p50 719 ms vs 39 ms per frame)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        log.debug("threadpoolctl not installed: BLAS keeps its default thread count")
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``edge-mer run``: returns the process exit status."""
+    limits = _limit_blas_threads()
+    try:
+        return _run(args)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from edge_mer.bundle import Bundle
+    from edge_mer.stream.fusion import Fusion, Smoother, make_event
+    from edge_mer.stream.sinks import JsonlFileSink, JsonlSink, Recorder, WebSocketSink, parse_ws_address
+    from edge_mer.stream.stages import FeatureExtractor
+
+    cfg: Config = load_config(args.config, args.overrides)
+    _check_args(args, cfg.runtime)
+    emit_text = args.emit_text or cfg.runtime.emit_text
+    bundle = Bundle.load(args.bundle)
+    window_cfg = bundle.window()
+    mods = bundle.modalities
+    audio_cfg = bundle.feature_cfg(Modality.AUDIO) if Modality.AUDIO in mods else cfg.audio
+    face_cfg = bundle.feature_cfg(Modality.FACE) if Modality.FACE in mods else cfg.face
+
+    stats = Stats()
+    sinks: list = []
+    display = recorder = source = extractor = queue = None
+    ok = False
+    try:
+        # Frames are analysed only when something reads them: a visual encoder, the face count
+        # (the bundle has a detector) or the display.
+        want_video = "mtcnn" in bundle.manifest.get("detectors", {}) or args.display
+        source = build_source(args, cfg.runtime, audio_cfg.sample_rate_hz, want_video)
+        log.info("source: %s", source.name)
+        use_video = source.has_video and want_video
+        if not use_video and not source.has_audio:
+            raise EdgeMerError(
+                f"{source.label}: gives video only, and bundle {bundle.name} reads no video (its modalities: "
+                f"{', '.join(m.value for m in mods)}; no face detector): nothing to analyse; add a microphone "
+                "(--mic) or use a bundle with a face detector"
+            )
+        realtime = not (isinstance(source, FileSource) and not source.realtime)
+        extractor = FeatureExtractor.from_bundle(bundle, cfg, args.vosk_model, stats, use_video, source.has_audio,
+                                                 realtime)
+        fusion = Fusion.from_bundle(bundle, cfg.runtime)
+        smoother = Smoother(cfg.runtime.smoothing_tau_s)
+
+        if args.out:
+            sinks.append(JsonlFileSink(args.out))
+        else:
+            sinks.append(JsonlSink(sys.stdout))
+        if args.ws:
+            host, port = parse_ws_address(args.ws, cfg.runtime.websocket_host)
+            sinks.append(WebSocketSink(host, port))
+        if args.display:
+            from edge_mer.stream.display import Display
+
+            display = Display()
+        if args.record:
+            recorder = Recorder(args.record, audio_cfg.sample_rate_hz)
+        # The resolved config goes next to each output, once everything has opened.
+        if args.out:
+            save_config(cfg, Path(args.out).parent, f"{Path(args.out).name}.run_config.toml")
+        if args.record:
+            save_config(cfg, args.record)
+
+        windower = Windower(window_cfg, audio_cfg.sample_rate_hz, use_video, source.has_audio)
+        # Real-time sources must not fall behind: a full window queue drops. A --fast replay waits.
+        queue = BoundedQueue(cfg.runtime.queue_size, cfg.runtime.drop_policy)
+        limiter = _RateLimiter(analysis_fps(mods, face_cfg)) if use_video else None
+        reader = _Reader(source, windower, queue, limiter, not realtime, stats, recorder, extractor)
+        extractor.start()
+        reader.start()
+        try:
+            while True:
+                window = queue.get(timeout=0.5)
+                if window is None:
+                    continue
+                if window is _END:
+                    break
+                dequeued_s = time.monotonic()
+                event, feats = _process(window, extractor, fusion, smoother, bundle.labels, emit_text, make_event, stats)
+                # Live and real-speed sources: from the moment the window's end was captured.
+                # --fast replay has no capture clock: from the moment processing began.
+                end_wall = source.clock_origin_s + window.t_end_s if source.clock_origin_s is not None else dequeued_s
+                event["latency_ms"] = round(max(0.0, time.monotonic() - end_wall) * 1000.0, 1)
+                stats.add_latency(event["latency_ms"])
+                for sink in sinks:
+                    sink.send(event)
+                stats.count("events")
+                if display is not None:
+                    frame = window.frames[-1].bgr if window.frames else None
+                    display.show(frame, event, feats.box, feats.landmarks)
+                    if display.closed:
+                        break
+        finally:
+            reader.stop.set()
+            source.request_stop()  # a live source with nothing to deliver would never look at reader.stop
+            # Unblock a reader waiting on a full queue, then let it finish.
+            while reader.is_alive():
+                queue.get(timeout=0.05)
+                reader.join(timeout=0.05)
+        if reader.error is not None:
+            raise reader.error
+        ok = True
+        return 0
+    except BrokenPipeError:
+        # The reader of stdout went away (`edge-mer run | head`): stop quietly.
+        _redirect_stdout_to_devnull()
+        ok = True
+        return 0
+    finally:
+        if source is not None:
+            source.close()  # idempotent; releases the devices when the run failed before reading
+            stats.drops = dict(source.drops())
+        if queue is not None:
+            stats.drops["windows"] = queue.dropped
+        if extractor is not None:
+            stats.drops.update(extractor.drops())
+        for sink in sinks:
+            try:
+                sink.close(ok)
+            except BrokenPipeError:
+                _redirect_stdout_to_devnull()
+        if recorder is not None:
+            recorder.close()
+        if display is not None:
+            display.close()
+        if args.stats:
+            print(stats.report(), file=sys.stderr)
+
+
+def _process(window: Window, extractor, fusion, smoother, labels, emit_text, make_event, stats: Stats):
+    """One window through the stages and the fusion -> (event, the window's features)."""
+    stats.count("windows")
+    with stats.time("features"):
+        feats = extractor(window)
+    with stats.time("fusion"):
+        pred = fusion.predict(feats.features)
+    for m in feats.features:
+        if m.value not in pred.modalities:
+            feats.absent[m.value] = "no head in the bundle reads it"
+    smoothed = smoother.update(window.t_end_s, pred.probs) if pred.probs is not None else None
+    return make_event(window, feats, pred, smoothed, labels, emit_text), feats

@@ -1,0 +1,157 @@
+"""Fusion of the modalities a window has, temporal smoothing, and the event a sink receives.
+
+Fusion reads the bundle's heads: the head trained for exactly the modalities present when the
+bundle has one (features concatenated in Modality order); otherwise the per-modality heads of the
+present modalities, combined by averaging their log-probabilities and renormalising (a geometric
+mean of the distributions). A window with no usable modality yields an event with ``label`` null.
+
+Smoothing is exponential over window ends: ``p <- p + (1 - exp(-dt / tau)) (p_new - p)``, so the
+time constant ``runtime.smoothing_tau_s`` means the same whatever the hop; ``tau = 0`` is off.
+
+>>> fusion = Fusion.from_bundle(bundle, RuntimeCfg())                 # doctest: +SKIP
+>>> pred = fusion.predict({Modality.AUDIO: feature})                  # doctest: +SKIP
+>>> pred.label, sum(pred.probs), pred.modalities                      # doctest: +SKIP
+('happy', 1.0, ('audio',))
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_mer.bundle import subset_key
+from edge_mer.config import RuntimeCfg
+from edge_mer.modality import Modality
+
+if TYPE_CHECKING:
+    from edge_mer.backends.base import Model
+    from edge_mer.bundle import Bundle
+    from edge_mer.stream.stages import WindowFeatures
+    from edge_mer.stream.windower import Window
+
+log = logging.getLogger(__name__)
+
+# Probabilities are clipped before the log so a head's hard zero cannot veto the others.
+_LOG_FLOOR = 1e-8
+
+
+@dataclass
+class Prediction:
+    """Fused probabilities (in label order) and what produced them."""
+
+    probs: np.ndarray | None  # [n_labels], None when no modality was usable
+    modalities: tuple[str, ...]
+    per_modality: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Fusion:
+    """Runs the bundle's heads on a window's features."""
+
+    def __init__(self, bundle: "Bundle", runtime_cfg: RuntimeCfg) -> None:
+        self.bundle = bundle
+        self.runtime_cfg = runtime_cfg
+        self.labels = bundle.labels
+        self._heads: dict[str, "Model"] = {}
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_bundle(cls, bundle: "Bundle", runtime_cfg: RuntimeCfg) -> "Fusion":
+        """Load every head now, so a broken one stops the run before it starts."""
+        fusion = cls(bundle, runtime_cfg)
+        for key in bundle.manifest["heads"]:
+            fusion._head(key)
+        return fusion
+
+    def _head(self, key: str) -> "Model | None":
+        if key not in self._heads:
+            entry = self.bundle.manifest["heads"].get(key)
+            if entry is None:
+                return None
+            from edge_mer.stream.stages import load_model
+
+            self._heads[key] = load_model(self.bundle, entry, f"heads.{key}", self.runtime_cfg)
+        return self._heads[key]
+
+    def _run(self, key: str, features: dict[Modality, np.ndarray]) -> np.ndarray:
+        order = [m for m in Modality if m in features]
+        x = np.concatenate([features[m].reshape(1, -1) for m in order], axis=1).astype(np.float32)
+        probs = self._head(key).run({"features": x})["probs"][0].astype(np.float64)
+        probs = np.clip(probs, 0.0, None)
+        return probs / probs.sum() if probs.sum() > 0 else np.full(len(self.labels), 1.0 / len(self.labels))
+
+    def predict(self, features: dict[Modality, np.ndarray]) -> Prediction:
+        """Fuse whatever modalities are present (any subset, possibly empty)."""
+        per: dict[str, np.ndarray] = {}
+        for m in features:
+            if self._head(m.value) is not None:
+                per[m.value] = self._run(m.value, {m: features[m]})
+        if not features:
+            return Prediction(None, ())
+        key = subset_key(features)
+        if self._head(key) is not None:
+            used = tuple(m.value for m in Modality if m in features)
+            probs = per[key] if key in per else self._run(key, features)
+            return Prediction(probs, used, per)
+        if not per:
+            self._warn_once(key, f"the bundle has no head for {key} nor for any of its modalities")
+            return Prediction(None, ())
+        missing = [m.value for m in features if m.value not in per]
+        if missing:
+            self._warn_once(key, f"the bundle has no head for {key} nor for {', '.join(missing)} alone: "
+                                 f"{', '.join(missing)} left out of the fusion")
+        used = tuple(m.value for m in Modality if m.value in per)
+        logp = np.mean([np.log(np.maximum(per[m], _LOG_FLOOR)) for m in used], axis=0)
+        probs = np.exp(logp - logp.max())
+        return Prediction(probs / probs.sum(), used, per)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("fusion: %s", message)
+
+
+class Smoother:
+    """Per-session exponential smoothing of the fused probabilities over window end times."""
+
+    def __init__(self, tau_s: float) -> None:
+        if tau_s < 0:
+            raise ValueError(f"runtime.smoothing_tau_s must be >= 0, got {tau_s}")
+        self.tau_s = tau_s
+        self._state: np.ndarray | None = None
+        self._t: float | None = None
+
+    def update(self, t_s: float, probs: np.ndarray) -> np.ndarray:
+        if self._state is None or self.tau_s == 0 or self._t is None:
+            self._state = probs.copy()
+        else:
+            alpha = 1.0 - np.exp(-max(0.0, t_s - self._t) / self.tau_s)
+            self._state = self._state + alpha * (probs - self._state)
+            self._state /= self._state.sum()
+        self._t = t_s
+        return self._state.copy()
+
+
+def make_event(window: "Window", feats: "WindowFeatures", pred: Prediction, smoothed: np.ndarray | None,
+               labels: list[str], emit_text: bool) -> dict:
+    """The event a sink receives (``latency_ms`` is filled in by the caller at emission)."""
+    def as_dict(p: np.ndarray) -> dict[str, float]:
+        return {label: round(float(v), 6) for label, v in zip(labels, p)}
+
+    event = {
+        "window": window.index,
+        "t_start": round(window.t_start_s, 3),
+        "t_end": round(window.t_end_s, 3),
+        "label": labels[int(np.argmax(smoothed))] if smoothed is not None else None,
+        "probs": as_dict(smoothed) if smoothed is not None else {},
+        "modalities": list(pred.modalities),
+        "per_modality": {m: as_dict(p) for m, p in pred.per_modality.items()},
+        "absent": dict(sorted(feats.absent.items())),
+        "faces": int(feats.faces),
+        "latency_ms": None,
+    }
+    if emit_text:
+        event["text"] = feats.text
+    return event

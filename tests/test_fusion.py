@@ -1,0 +1,114 @@
+"""Fusion over real ONNX heads (exact-subset head, fallback by averaged log-probabilities, nothing
+usable), exponential smoothing, the event schema, and the landmark normalisation of the stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from run_fixtures import DIM, LABELS, make_bundle
+
+from edge_mer.bundle import Bundle
+from edge_mer.config import LandmarksCfg, RuntimeCfg
+from edge_mer.modality import Modality
+from edge_mer.stream.fusion import Fusion, Prediction, Smoother, make_event
+from edge_mer.stream.stages import WindowFeatures, normalise_landmarks, uniform_indices
+from edge_mer.stream.windower import Window
+
+A, T = Modality.AUDIO, Modality.TEXT
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("b") / "bundle"
+    # heads for audio alone, text alone and audio+text; none for face
+    return Bundle.load(make_bundle(root, ["face", "audio", "text"], [["audio"], ["text"], ["audio", "text"]]))
+
+
+def feats(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(1, DIM)).astype(np.float32)
+
+
+def test_exact_subset_head_is_used(bundle):
+    fusion = Fusion(bundle, RuntimeCfg(threads=1))
+    pred = fusion.predict({A: feats(0), T: feats(1)})
+    assert pred.modalities == ("audio", "text")
+    assert pred.probs.shape == (len(LABELS),) and pred.probs.sum() == pytest.approx(1.0)
+    assert set(pred.per_modality) == {"audio", "text"}
+    # the joint head reads [audio, text] concatenated in Modality order
+    x = np.concatenate([feats(0), feats(1)], axis=1)
+    direct = fusion._head("audio+text").run({"features": x})["probs"][0]
+    np.testing.assert_allclose(pred.probs, direct / direct.sum(), atol=1e-6)
+    alone = fusion.predict({A: feats(0)})
+    np.testing.assert_allclose(alone.probs, pred.per_modality["audio"], atol=1e-7)
+
+
+def test_subset_without_a_head_averages_log_probabilities(bundle):
+    # face has no head at all and face+audio has none: audio's own head is all that is usable
+    fusion = Fusion(bundle, RuntimeCfg(threads=1))
+    pred = fusion.predict({Modality.FACE: feats(2), A: feats(0)})
+    assert pred.modalities == ("audio",)
+    np.testing.assert_allclose(pred.probs, pred.per_modality["audio"], atol=1e-7)
+
+
+def test_geometric_mean_fallback(tmp_path):
+    b = Bundle.load(make_bundle(tmp_path / "b", ["audio", "text"], [["audio"], ["text"]]))
+    pred = Fusion(b, RuntimeCfg(threads=1)).predict({A: feats(0), T: feats(1)})
+    pa, pt = pred.per_modality["audio"], pred.per_modality["text"]
+    expected = np.sqrt(np.maximum(pa, 1e-8) * np.maximum(pt, 1e-8))
+    np.testing.assert_allclose(pred.probs, expected / expected.sum(), rtol=1e-6)
+    assert pred.modalities == ("audio", "text")
+
+
+def test_nothing_usable_gives_no_probabilities(bundle):
+    fusion = Fusion(bundle, RuntimeCfg(threads=1))
+    assert fusion.predict({}).probs is None
+    none = fusion.predict({Modality.FACE: feats(3)})
+    assert none.probs is None and none.modalities == ()
+
+
+def test_smoother_time_constant():
+    p0, p1 = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    s = Smoother(tau_s=1.0)
+    np.testing.assert_allclose(s.update(0.0, p0), p0)
+    out = s.update(0.5, p1)
+    alpha = 1 - np.exp(-0.5)
+    np.testing.assert_allclose(out, [1 - alpha, alpha])
+    off = Smoother(tau_s=0.0)
+    off.update(0.0, p0)
+    np.testing.assert_allclose(off.update(0.5, p1), p1)
+    with pytest.raises(ValueError):
+        Smoother(-1.0)
+
+
+def test_event_schema_and_text_only_on_request():
+    window = Window(3, 1.5, 3.5)
+    wf = WindowFeatures(absent={"text": "no words"}, faces=1, text="secret words")
+    pred = Prediction(np.array([0.25, 0.75]), ("audio",), {"audio": np.array([0.25, 0.75])})
+    event = make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=False)
+    assert event == {
+        "window": 3, "t_start": 1.5, "t_end": 3.5, "label": "happy", "probs": {"calm": 0.2, "happy": 0.8},
+        "modalities": ["audio"], "per_modality": {"audio": {"calm": 0.25, "happy": 0.75}},
+        "absent": {"text": "no words"}, "faces": 1, "latency_ms": None,
+    }
+    assert make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=True)["text"] == "secret words"
+    empty = make_event(window, wf, Prediction(None, ()), None, ["calm", "happy"], emit_text=False)
+    assert empty["label"] is None and empty["probs"] == {} and empty["modalities"] == []
+
+
+def test_landmark_normalisation_drops_the_jaw_and_scales_per_window():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(100, 300, size=(30, 68, 2)).astype(np.float32)
+    out = normalise_landmarks(pts, LandmarksCfg())
+    assert out.shape == (30, 51, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out.min(axis=(0, 1)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out.max(axis=(0, 1)), 1.0, atol=1e-6)
+    lo, hi = pts[:, 17:].min(axis=(0, 1)), pts[:, 17:].max(axis=(0, 1))
+    np.testing.assert_allclose(out, (pts[:, 17:] - lo) / (hi - lo), atol=1e-5)
+    per_frame = normalise_landmarks(pts, LandmarksCfg(normalise="minmax_frame"))
+    np.testing.assert_allclose(per_frame.min(axis=1), 0.0, atol=1e-6)
+
+
+def test_uniform_indices():
+    assert uniform_indices(10, 5).tolist() == [0, 2, 4, 7, 9]
+    assert uniform_indices(2, 4).tolist() == [0, 0, 1, 1]
+    assert uniform_indices(0, 3).size == 0
