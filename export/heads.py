@@ -1,0 +1,125 @@
+"""Classifier heads as ONNX: standardise → Gemm → Softmax, built from numpy with onnx.helper.
+
+A linear probe fitted on frozen features (``training`` writes ``probe_<subset>.npz`` with
+``mean`` [D], ``scale`` [D], ``weight`` [D, C], ``bias`` [C], ``classes`` [C]) becomes a head file
+with input ``features`` [batch, D] and output ``probs`` [batch, C], C = the bundle's labels in
+order. :func:`remap_classes` puts a probe fitted on another label set (MELD's seven emotions) onto
+the bundle's labels, giving a label without a source class the logit of a stated stand-in.
+
+>>> probe = LinearProbe.from_npz("runs/release_audio_au/probe_audio.npz")   # doctest: +SKIP
+>>> write_head(probe, "heads/audio.onnx")                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from edge_mer.errors import BundleError
+from export.onnx_export import finalize_model
+
+# Heads use only opset-13 operators; 17 keeps every file of a bundle on one opset.
+HEAD_OPSET = 17
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """``softmax(((x - mean) / scale) @ weight + bias)`` over ``classes``."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        d, c = self.weight.shape
+        if self.mean.shape != (d,) or self.scale.shape != (d,) or self.bias.shape != (c,) or len(self.classes) != c:
+            raise ValueError(
+                f"inconsistent probe: weight {self.weight.shape}, mean {self.mean.shape}, scale {self.scale.shape}, "
+                f"bias {self.bias.shape}, {len(self.classes)} classes"
+            )
+        if np.any(self.scale <= 0):
+            raise ValueError("probe scale must be positive (a standard deviation per feature)")
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.weight.shape[0])
+
+    @classmethod
+    def from_npz(cls, path: str | os.PathLike) -> "LinearProbe":
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"{path}: probe file not found")
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("mean", "scale", "weight", "bias", "classes") if k not in z.files]
+            if missing:
+                raise BundleError(f"{path}: probe lacks {', '.join(missing)}")
+            return cls(
+                mean=z["mean"].astype(np.float32),
+                scale=z["scale"].astype(np.float32),
+                weight=z["weight"].astype(np.float32),
+                bias=z["bias"].astype(np.float32),
+                classes=tuple(str(c) for c in z["classes"]),
+            )
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """The same maths as the ONNX head, in numpy (tests and evaluation)."""
+        logits = ((x - self.mean) / self.scale) @ self.weight + self.bias
+        logits = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def remap_classes(probe: LinearProbe, labels: Sequence[str], source_of: Mapping[str, str]) -> LinearProbe:
+    """A probe over ``labels``: each label takes the weight column and bias of its source class
+    ``source_of[label]`` (default: the class of the same name). Two labels with one source get
+    identical logits (so softmax splits that class's probability evenly between them)."""
+    cols = []
+    for label in labels:
+        src = source_of.get(label, label)
+        if src not in probe.classes:
+            raise ValueError(f"label '{label}' has no source class '{src}' among {list(probe.classes)}")
+        cols.append(probe.classes.index(src))
+    return LinearProbe(probe.mean, probe.scale, probe.weight[:, cols], probe.bias[cols], tuple(labels))
+
+
+def build_head_model(probe: LinearProbe, name: str = "head"):
+    """The ONNX model of a probe: ``features`` [batch, D] → ``probs`` [batch, C]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    # Fold the standardisation into one Mul/Add pair: (x - mean) / scale = x * (1/scale) - mean/scale.
+    inv = (1.0 / probe.scale).astype(np.float32)
+    shift = (-probe.mean * inv).astype(np.float32)
+    d, c = probe.weight.shape
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["features", "inv_scale"], ["scaled"]),
+            helper.make_node("Add", ["scaled", "shift"], ["standardised"]),
+            helper.make_node("Gemm", ["standardised", "weight", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        name,
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", c])],
+        initializer=[
+            numpy_helper.from_array(inv, "inv_scale"),
+            numpy_helper.from_array(shift, "shift"),
+            numpy_helper.from_array(probe.weight.astype(np.float32), "weight"),
+            numpy_helper.from_array(probe.bias.astype(np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", HEAD_OPSET)], producer_name="edge-mer")
+    model.doc_string = "classes: " + ", ".join(probe.classes)
+    return model
+
+
+def write_head(probe: LinearProbe, path: str | os.PathLike, name: str = "head") -> Path:
+    """Build, check and atomically write a head; returns the path."""
+    path = Path(path)
+    finalize_model(build_head_model(probe, name), path)
+    return path
