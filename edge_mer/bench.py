@@ -343,7 +343,7 @@ def to_markdown(result: dict) -> str:
         f"Machine: {m['arch']}, {m['cpu']}, {m['cores']} cores, {m['mem_gb']} GB RAM; onnxruntime {m['onnxruntime']}, "
         f"Python {m['python']}. Load average before/after: {result['loadavg_before']} / {result['loadavg_after']}.",
         f"Bundle: {result['bundle']}; clip: {result['clip']} ({result['clip_s']} s); runtime.threads = "
-        f"{result['runtime_threads']}.", "",
+        f"{result['runtime_threads']} ({result.get('session_threads', '?')} per ONNX Runtime session).", "",
         "| stage (batch 1) | input | p50 ms | p95 ms |", "|---|---|---:|---:|",
     ]
     for name, st in result["stages"].items():
@@ -390,12 +390,22 @@ def bench_command(args: argparse.Namespace) -> int:
         vosk_model = Path(args.vosk_model) if args.vosk_model else default_vosk_model()
     load_before = [round(x, 2) for x in os.getloadavg()]
     clip = ClipInputs(clip_path, audio_rate, want_frames="mtcnn" in bundle.manifest.get("detectors", {}))
-    stages, _ = stage_latencies(bundle, cfg, clip, args.repeats, args.warmup)
+    from edge_mer.backends.onnx_backend import session_threads
+    from edge_mer.stream.app import _limit_blas_threads
+
+    # The stages are timed as `edge-mer run` runs them: one BLAS thread.
+    limits = _limit_blas_threads()
+    try:
+        stages, _ = stage_latencies(bundle, cfg, clip, args.repeats, args.warmup)
+    finally:
+        if limits is not None:
+            limits.restore_original_limits()
     result: dict = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command_line(args),
         "machine": machine(), "bundle": bundle.name, "bundle_dir": str(bundle.root), "clip": str(clip_path),
         "clip_s": round(clip.duration_s, 3), "runtime_threads": cfg.runtime.threads,
+        "session_threads": session_threads(cfg.runtime.threads),
         "repeats": args.repeats, "warmup": args.warmup, "stages": stages, "pipeline": [], "vosk": None,
     }
     if not args.no_pipeline:

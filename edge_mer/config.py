@@ -124,6 +124,7 @@ class TrainCfg:
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-3  # L2 / decoupled weight decay
     batch_size: int = 32  # clips per step per process
+    batch_by: str = "clip"  # "clip": batches mix all clips; "speaker": each batch holds one speaker's clips (speaker ids, never labels)
     epochs: int = 30  # passes over the training clips
     schedule: str = "step"  # "step" (x gamma every epoch), "cosine" or "constant"
     step_gamma: float = 0.9  # StepLR factor per epoch
@@ -157,7 +158,7 @@ class RuntimeCfg:
     backend: str = "onnxruntime"  # "onnxruntime" or "tensorrt"
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
     precision: str = "auto"  # "auto" (best the bundle has for this backend), "fp32", "int8", "fp16"
-    threads: int = 0  # intra-op threads per session (0 = library default)
+    threads: int = 0  # intra-op threads per ONNX Runtime session (0 = half the cores, 1 to 4)
     smoothing_tau_s: float = 1.0  # exponential smoothing time constant of the probabilities
     queue_size: int = 64  # bounded queue length between stages (items)
     drop_policy: str = "oldest"  # "oldest" or "newest": which item a full queue drops

@@ -11,6 +11,16 @@ from edge_mer.config import RuntimeCfg
 from edge_mer.errors import BundleError, DeviceError
 
 
+def session_threads(configured: int) -> int:
+    """Intra-op threads per session: ``runtime.threads``, or with 0 half the CPU cores (at least
+    one, at most four). The runtime runs its stages one after another on one thread while the
+    reader thread decodes and Vosk listens; sessions that spread over every core contended with
+    them (on 2 cores, 1 thread per session ran the sample 1.3x faster than ONNX Runtime's default
+    of one thread per core, and 2 threads 1.8x slower: docs/BENCHMARKS.md)."""
+    if configured > 0:
+        return configured
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
 class OnnxModel:
     """An ONNX Runtime session behind :class:`edge_mer.backends.base.Model`.
 
@@ -45,9 +55,8 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        if cfg.threads > 0:
-            opts.intra_op_num_threads = cfg.threads
-            opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = session_threads(cfg.threads)
+        opts.inter_op_num_threads = 1
         try:
             session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
