@@ -147,3 +147,36 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  "--set", "encoder.options=['audio_tcn.hiden=3']"]) != 0
     assert "unknown key 'hiden'" in capsys.readouterr().err
     assert not (tmp_path / "o" / "checkpoint.json").exists()
+
+
+def test_speaker_batches_hold_one_speaker_and_split_across_ranks():
+    from training.distributed import DistInfo
+    from training.train import epoch_batches
+
+    groups = [f"s{i % 3}" for i in range(30)]  # 3 speakers, 10 clips each
+    one = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    batches = epoch_batches(30, 4, 0, 0, one, groups)
+    assert len(batches) == 6 and all(len(b) == 4 for b in batches)  # 2 full batches per speaker
+    assert all(len({groups[i] for i in b}) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == sorted(set(i for b in batches for i in b))  # no clip twice
+    assert batches == epoch_batches(30, 4, 0, 0, one, groups)
+    assert batches != epoch_batches(30, 4, 1, 0, one, groups)
+    ranks = [epoch_batches(30, 4, 0, 0, DistInfo(rank=r, local_rank=r, world_size=2, device=torch.device("cpu")), groups)
+             for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
+
+
+def test_speaker_batching_trains_and_needs_speaker_ids(tmp_path):
+    from edge_mer.errors import ConfigError
+
+    store = _store()
+    ids = sorted(store.logmels)
+    over = small_overrides(["audio", "au"], epochs=1, batch=2, val=0.25) + ["train.batch_by=speaker"]
+    with pytest.raises(ConfigError, match="no speaker ids"):
+        pretrain(load_config([], over), PretrainData(store, ids), tmp_path / "none")
+    speakers = {i: f"spk{k % 2}" for k, i in enumerate(ids)}
+    summary = pretrain(load_config([], over), PretrainData(store, ids, speakers=speakers), tmp_path / "spk")
+    assert summary["steps"] > 0
+    with pytest.raises(ConfigError, match="batch_by must be"):
+        pretrain(load_config([], over[:-1] + ["train.batch_by=actor"]), PretrainData(store, ids, speakers=speakers), tmp_path / "bad")

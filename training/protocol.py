@@ -166,7 +166,8 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
     random_encoders = dict(ContrastiveModel(encoder_specs(cfg, ("audio",), {}), ("audio",), 8, 8).encoders)
     fold.probe("a_random_audio", *fold.feats(random_encoders, ("audio",)))
 
-    data = PretrainData(store, tr, {"dataset": "ravdess", "fold": fold.fold, "test_actors": FOLDS[fold.fold]})
+    data = PretrainData(store, tr, {"dataset": "ravdess", "fold": fold.fold, "test_actors": FOLDS[fold.fold]},
+                        speakers={i: f"actor{actor_of(i):02d}" for i in tr})
     # (c) label-free pairwise audio <-> action units.
     cfg_c = with_loss(with_train(cfg, modalities=("audio", "au")), pairs=("audio-au",))
     pretrain(cfg_c, data, fold_dir / "c_pair", info=CPU)

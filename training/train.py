@@ -129,6 +129,9 @@ class PretrainData:
     store: ClipStore
     ids: list[str]
     description: dict[str, Any] = field(default_factory=dict)
+    # Speaker of each clip, for ``train.batch_by = "speaker"``: metadata that unlabelled recordings
+    # have too (who is speaking), never an emotion label.
+    speakers: dict[str, str] | None = None
 
 
 def split_validation(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -146,15 +149,48 @@ def crop_spec(cfg: Config) -> CropSpec:
                     landmark_frames=cfg.landmarks.frames_per_window, max_tokens=cfg.text.max_tokens)
 
 
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo,
+                  groups: list[str] | None = None) -> list[list[int]]:
     """This rank's batches for ``epoch``: one permutation shared by every rank (seeded by the
     epoch, not the rank), dealt round-robin, incomplete batches dropped (InfoNCE compares clips
-    within a batch, so a tiny last batch would be a different, easier task)."""
+    within a batch, so a tiny last batch would be a different, easier task).
+
+    With ``groups`` (one group name per clip, e.g. its speaker) every batch is cut from a single
+    group's shuffled clips, and the batches are then shuffled and dealt to the ranks: the other
+    clips of a batch share the speaker's voice and face, so identity cannot tell them apart."""
     gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-    perm = torch.randperm(n, generator=gen).tolist()
-    per_rank = n // info.world_size
-    mine = perm[info.rank: per_rank * info.world_size: info.world_size]
-    return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)]
+    if groups is None:
+        perm = torch.randperm(n, generator=gen).tolist()
+        per_rank = n // info.world_size
+        mine = perm[info.rank: per_rank * info.world_size: info.world_size]
+        return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)]
+    if len(groups) != n:
+        raise ValueError(f"epoch_batches: {len(groups)} group names for {n} clips")
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    batches = []
+    for g in sorted(members):
+        idx = members[g]
+        order = [idx[j] for j in torch.randperm(len(idx), generator=gen).tolist()]
+        batches += [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
+    per_rank = len(batches) // info.world_size
+    return batches[info.rank: per_rank * info.world_size: info.world_size]
+
+
+def batch_groups(data: "PretrainData", ids: list[str], batch_by: str) -> list[str] | None:
+    """Group name of each of ``ids`` for :func:`epoch_batches` (None: batches mix all clips)."""
+    if batch_by == "clip":
+        return None
+    if batch_by != "speaker":
+        raise ConfigError(f"train.batch_by must be clip or speaker, got '{batch_by}'")
+    if not data.speakers:
+        raise ConfigError("train.batch_by=speaker: these clips carry no speaker ids (use a cache or manifest with a speaker column)")
+    missing = [i for i in ids if not data.speakers.get(i)]
+    if missing:
+        raise ConfigError(f"train.batch_by=speaker: {len(missing)} clips have no speaker id, e.g. {missing[0]}")
+    return [str(data.speakers[i]) for i in ids]
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -298,7 +334,10 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
     task = ContrastiveTask(model, PairwiseInfoNCE(cfg.loss)).to(info.device)
     train_set = ContrastiveDataset(data.store, train_ids, streams, crop_spec(cfg), seed=t.seed)
     val_set = ContrastiveDataset(data.store, val_ids, streams, crop_spec(cfg), seed=t.seed, fixed=True)
-    steps_per_epoch = len(epoch_batches(len(train_set), t.batch_size, 0, t.seed, info))
+    groups = batch_groups(data, train_ids, t.batch_by)
+    steps_per_epoch = len(epoch_batches(len(train_set), t.batch_size, 0, t.seed, info, groups))
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={t.batch_size}: no speaker has that many training clips (train.batch_by=speaker)")
     opt = make_optimizer([p for p in task.parameters() if p.requires_grad], cfg)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
     use_amp = t.amp and info.device.type == "cuda"
@@ -340,7 +379,7 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
         t0 = time.time()
         task.train()
         train_set.set_epoch(epoch)
-        loader = DataLoader(train_set, batch_sampler=epoch_batches(len(train_set), t.batch_size, epoch, t.seed, info),
+        loader = DataLoader(train_set, batch_sampler=epoch_batches(len(train_set), t.batch_size, epoch, t.seed, info, groups),
                             collate_fn=collate_streams, num_workers=t.num_workers)
         sums: dict[str, float] = {}
         n_batches = 0
@@ -435,7 +474,11 @@ def load_pretrain_data(cfg: Config, cache: str | None, au_csv: str | None, mosi:
         store.vectors["au"] = load_action_unit_vectors(au_csv, ids)
     if not ids:
         raise ConfigError(f"{cache}: no clips left to pretrain on (actors {actors})")
-    return PretrainData(store, ids, {"dataset": "cache", "cache": str(cache), "actors": actors})
+    from training.cache import open_cache
+
+    index = open_cache(cache)
+    speakers = {i: str(index.index(i).get("speaker") or "") for i in ids}
+    return PretrainData(store, ids, {"dataset": "cache", "cache": str(cache), "actors": actors}, speakers)
 
 
 def build_parser() -> argparse.ArgumentParser:
