@@ -1,0 +1,75 @@
+"""Condition (c) of the RAVDESS protocol on one fold, with config overrides: a quick way to try a
+pretraining setting before spending a full 5-fold run on it (docs/RESULTS.md, "What was tried").
+
+    python scripts/ravdess_fold_sweep.py --fold 5 --tag t05 --set loss.temperature=0.5 \\
+        --out results/ravdess/sweep.jsonl
+
+Pretrains audio <-> AU on the fold's 16 training actors (label-free), fits linear probes on their
+labels and scores the 4 test actors: one JSON line per run (UA % on audio, AU and audio+AU
+features). Choosing settings by these figures tunes on that fold's test actors: report it so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge_mer.config import load_config  # noqa: E402
+from training.cache import open_cache  # noqa: E402
+from training.checkpoint import load_encoders  # noqa: E402
+from training.data.ravdess import EMOTIONS  # noqa: E402
+from training.datasets import actor_of, load_action_unit_vectors, load_cache_store  # noqa: E402
+from training.protocol import CPU, RavdessFold, with_loss, with_train  # noqa: E402
+from training.train import PretrainData, pretrain  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fold", type=int, required=True, help="RAVDESS fold 1-5 (test actors 4k-3..4k)")
+    p.add_argument("--tag", required=True, help="name of this setting in the output")
+    p.add_argument("--config", action="append", default=["configs/ravdess_protocol.toml"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
+    p.add_argument("--cache", default="cache/ravdess_audio")
+    p.add_argument("--au-csv", default="../shared/data/ravdess/openface_au/au_audio_per_clip.csv")
+    p.add_argument("--runs", default="runs/sweep")
+    p.add_argument("--out", default="results/ravdess/sweep.jsonl", help="JSON lines, appended")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, args.overrides)
+    store, ids = load_cache_store(args.cache, ("audio",))
+    ids = [i for i in ids if i.startswith("ravdess/") and 1 <= actor_of(i) <= 20]
+    store.vectors["au"] = load_action_unit_vectors(args.au_csv, ids)
+    ids = [i for i in ids if i in store.vectors["au"]]
+    labels = open_cache(args.cache).labels()  # for the probes only; pretrain() never sees them
+    fold = RavdessFold(args.fold, store, [i for i in ids if i in labels], labels, list(EMOTIONS))
+    data = PretrainData(store, fold.train_ids, {"dataset": "ravdess", "fold": args.fold},
+                        speakers={i: f"actor{actor_of(i):02d}" for i in fold.train_ids})
+    t0 = time.time()
+    run_dir = Path(args.runs) / f"{args.tag}_fold{args.fold}"
+    pretrain(with_loss(with_train(cfg, modalities=("audio", "au")), pairs=("audio-au",)), data, run_dir,
+             resume=False, info=CPU)
+    enc = load_encoders(run_dir)
+    a_tr, a_te = fold.feats(enc, ("audio",))
+    u_tr, u_te = fold.feats(enc, ("au",))
+    ua = {name: round(fold.probe(name, tr, te)["ua"], 2) for name, (tr, te) in
+          {"audio": (a_tr, a_te), "au": (u_tr, u_te), "audio+au": (np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]))}.items()}
+    line = {"tag": args.tag, "fold": args.fold, "overrides": args.overrides, "ua": ua, "seconds": round(time.time() - t0)}
+    print(json.dumps(line))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
