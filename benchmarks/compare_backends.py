@@ -42,11 +42,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 
-from edge_mer.bench import machine, percentiles
+from edge_mer.bench import write_report, machine, percentiles
 from edge_mer.cli import add_config_args
-from edge_mer.config import ExportCfg, load_config, save_config
+from edge_mer.config import ExportCfg, load_config
 from edge_mer.errors import EdgeMerError
-from edge_mer.io import atomic_write_text
 
 log = logging.getLogger("compare_backends")
 
@@ -271,13 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeMerError as exc:
         print(f"compare_backends: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    table = to_markdown(result)
-    print(table, end="")
-    if args.json_out:
-        atomic_write_text(Path(args.json_out), json.dumps(result, indent=2) + "\n")
-        save_config(cfg, Path(args.json_out).parent, "compare_backends_config.toml")
-    if args.markdown:
-        atomic_write_text(Path(args.markdown), table)
+    write_report(result, to_markdown(result), args.json_out, args.markdown, cfg, "compare_backends_config.toml")
     return 0
 
 

@@ -35,12 +35,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from edge_mer.bench import DEFAULT_CLIP, ClipInputs, machine, replay, time_call
+from edge_mer.bench import write_report, DEFAULT_CLIP, ClipInputs, machine, replay, time_call
 from edge_mer.bundle import Bundle, write_manifest
 from edge_mer.cli import DEFAULT_BUNDLE, add_config_args
-from edge_mer.config import load_config, save_config
+from edge_mer.config import load_config
 from edge_mer.errors import EdgeMerError
-from edge_mer.io import atomic_write_text
 from edge_mer.modality import Modality
 
 log = logging.getLogger("scaling")
@@ -205,13 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeMerError as exc:
         print(f"scaling: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    table = to_markdown(result)
-    print(table, end="")
-    if args.json_out:
-        atomic_write_text(Path(args.json_out), json.dumps(result, indent=2) + "\n")
-        save_config(cfg, Path(args.json_out).parent, "scaling_config.toml")
-    if args.markdown:
-        atomic_write_text(Path(args.markdown), table)
+    write_report(result, to_markdown(result), args.json_out, args.markdown, cfg, "scaling_config.toml")
     return 0
 
 

@@ -31,10 +31,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from edge_mer.bench import DEFAULT_CLIP, machine, percentiles
+from edge_mer.bench import DEFAULT_CLIP, machine, percentiles, write_report
 from edge_mer.cli import DEFAULT_BUNDLE
 from edge_mer.errors import EdgeMerError, MediaError
-from edge_mer.io import atomic_write_text
 from edge_mer.media import probe
 
 log = logging.getLogger("soak")
@@ -192,12 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                   max_growth_pct=args.max_growth_pct)
     ok = result["growth_pct"] is not None and result["growth_pct"] < args.max_growth_pct and result["events"] > 0
     result["verdict"] = "pass" if ok else "FAIL"
-    table = to_markdown(result)
-    print(table, end="")
-    if args.json_out:
-        atomic_write_text(Path(args.json_out), json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        atomic_write_text(Path(args.markdown), table)
+    write_report(result, to_markdown(result), args.json_out, args.markdown)
     return 0 if ok else 1
 
 

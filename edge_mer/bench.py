@@ -362,6 +362,20 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+def write_report(result: dict, table: str, json_out: str | None, markdown: str | None,
+                 cfg: Config | None = None, config_name: str | None = None) -> None:
+    """Print ``table``; write ``result`` as JSON and ``table`` as markdown where asked (atomically),
+    and the resolved config next to the JSON (``config_name``, default ``<json name>.config.toml``)."""
+    print(table, end="")
+    if json_out:
+        out = Path(json_out)
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        if cfg is not None:
+            save_config(cfg, out.parent, config_name or f"{out.name}.config.toml")
+    if markdown:
+        atomic_write_text(Path(markdown), table)
+
 def command_line(args: argparse.Namespace) -> str:
     """The ``edge-mer bench`` command that reproduces this run."""
     parts = ["edge-mer", "bench", "--bundle", args.bundle, "--clip", args.clip, "--repeats", str(args.repeats),
@@ -428,12 +442,5 @@ def bench_command(args: argparse.Namespace) -> int:
         result["vosk"] = vosk_rtf(vosk_model, clip)
     result["loadavg_before"] = load_before
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    table = to_markdown(result)
-    print(table, end="")
-    if args.json_out:
-        out = Path(args.json_out)
-        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
-        save_config(cfg, out.parent, f"{out.name}.config.toml")
-    if args.markdown:
-        atomic_write_text(Path(args.markdown), table)
+    write_report(result, to_markdown(result), args.json_out, args.markdown, cfg)
     return 0
