@@ -163,7 +163,7 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo
         perm = torch.randperm(n, generator=gen).tolist()
         per_rank = n // info.world_size
         mine = perm[info.rank: per_rank * info.world_size: info.world_size]
-        return [mine[i:i + batch_size] for i in range(0, len(mine) - batch_size + 1, batch_size)]
+        return _full_chunks(mine, batch_size)
     if len(groups) != n:
         raise ValueError(f"epoch_batches: {len(groups)} group names for {n} clips")
     members: dict[str, list[int]] = {}
@@ -173,10 +173,15 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, info: DistInfo
     for g in sorted(members):
         idx = members[g]
         order = [idx[j] for j in torch.randperm(len(idx), generator=gen).tolist()]
-        batches += [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+        batches += _full_chunks(order, batch_size)
     batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
     per_rank = len(batches) // info.world_size
     return batches[info.rank: per_rank * info.world_size: info.world_size]
+
+
+def _full_chunks(seq: list[int], size: int) -> list[list[int]]:
+    """``seq`` cut into consecutive runs of ``size``; a shorter tail is dropped."""
+    return [seq[i:i + size] for i in range(0, len(seq) - size + 1, size)]
 
 
 def batch_groups(data: "PretrainData", ids: list[str], batch_by: str) -> list[str] | None:
