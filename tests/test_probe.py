@@ -113,3 +113,19 @@ def test_probe_cli_refuses_overlapping_actors_and_missing_checkpoint(tmp_path, c
     rc = main(["--checkpoint", str(tmp_path / "none"), "--cache", str(tmp_path), "--test-actors", "", "--train-actors", "1-4"])
     err = capsys.readouterr().err
     assert rc != 0 and "not a checkpoint" in err and err.count("\n") == 1
+
+
+def test_per_speaker_standardisation_uses_each_speakers_own_clips():
+    from training.probe import standardise_per_group
+
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(5.0, 2.0, (6, 3)), rng.normal(-3.0, 0.5, (4, 3))])
+    groups = np.array(["a"] * 6 + ["b"] * 4)
+    out = standardise_per_group(x, groups)
+    for g in ("a", "b"):
+        np.testing.assert_allclose(out[groups == g].mean(axis=0), 0.0, atol=1e-12)
+        np.testing.assert_allclose(out[groups == g].std(axis=0), 1.0, atol=1e-12)
+    # a speaker's result does not depend on the other speakers' clips
+    np.testing.assert_allclose(standardise_per_group(x[groups == "b"], groups[groups == "b"]), out[groups == "b"])
+    with pytest.raises(ValueError, match="group ids"):
+        standardise_per_group(x, groups[:-1])

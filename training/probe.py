@@ -88,6 +88,22 @@ def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, scale
 
 
+def standardise_per_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each group's rows (e.g. one speaker's clips) standardised by that group's own mean and std:
+    label-free speaker normalisation. Applied to test speakers too, it uses their unlabelled clips
+    (transductive), as a running per-user normalisation would on a device."""
+    x = np.asarray(x, np.float64)
+    groups = np.asarray(groups)
+    if len(groups) != len(x):
+        raise ValueError(f"standardise_per_group: {len(groups)} group ids for {len(x)} rows")
+    out = np.empty_like(x)
+    for g in np.unique(groups):
+        rows = groups == g
+        mean, scale = _standardiser(x[rows])
+        out[rows] = (x[rows] - mean) / scale
+    return out
+
+
 def _logistic(xs: np.ndarray, y: np.ndarray, c: float, max_iter: int):
     from sklearn.linear_model import LogisticRegression
 

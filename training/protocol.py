@@ -50,7 +50,7 @@ from training.datasets import (ClipStore, ContrastiveDataset, LabelledDataset, a
                                load_action_unit_vectors, load_cache_store, load_mosi)
 from training.distributed import DistInfo
 from training.probe import (classification_metrics, encode_logmels, encode_vectors, few_shot, fit_linear_probe,
-                            fit_mlp_probe, save_confusion_png, write_json)
+                            fit_mlp_probe, save_confusion_png, standardise_per_group, write_json)
 from training.train import (ContrastiveModel, PretrainData, crop_spec, encoder_specs, epoch_batches, make_optimizer,
                             make_scheduler, pretrain)
 
@@ -132,6 +132,7 @@ class RavdessFold:
         self.y_train = np.array([labels[i] for i in self.train_ids])
         self.y_test = np.array([labels[i] for i in self.test_ids])
         self.groups = np.array([actor_of(i) for i in self.train_ids])
+        self.test_groups = np.array([actor_of(i) for i in self.test_ids])
         self.results: dict[str, dict[str, Any]] = {}
 
     def probe(self, name: str, x_train: np.ndarray, x_test: np.ndarray, kind: str = "linear") -> dict[str, Any]:
@@ -143,6 +144,12 @@ class RavdessFold:
         self.results[name] = m
         log.info("fold %d %-22s UA %.1f WA %.1f F1 %.1f", self.fold, name, m["ua"], m["wa"], m["f1_weighted"])
         return m
+
+    def probe_spk(self, name: str, x_train: np.ndarray, x_test: np.ndarray) -> None:
+        """The linear probe on the features as they are, and again on per-speaker standardised
+        features (``<name>_spk``; label-free, see :func:`training.probe.standardise_per_group`)."""
+        self.probe(name, x_train, x_test)
+        self.probe(f"{name}_spk", standardise_per_group(x_train, self.groups), standardise_per_group(x_test, self.test_groups))
 
     def feats(self, encoders: dict[str, nn.Module], streams: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         both = [np.concatenate([stream_feats(encoders, s, part, self.store) for s in streams], axis=1)
@@ -157,14 +164,14 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
     stats_tr, stats_te = logmel_stats(store, tr), logmel_stats(store, te)
     au_tr = np.stack([store.vectors["au"][i] for i in tr])
     au_te = np.stack([store.vectors["au"][i] for i in te])
-    fold.probe("floor_logmel_stats", stats_tr, stats_te)
-    fold.probe("floor_au", au_tr, au_te)
-    fold.probe("floor_logmel_stats+au", np.hstack([stats_tr, au_tr]), np.hstack([stats_te, au_te]))
+    fold.probe_spk("floor_logmel_stats", stats_tr, stats_te)
+    fold.probe_spk("floor_au", au_tr, au_te)
+    fold.probe_spk("floor_logmel_stats+au", np.hstack([stats_tr, au_tr]), np.hstack([stats_te, au_te]))
 
     # (a) random init: the same encoders, never trained.
     torch.manual_seed(cfg.train.seed)
     random_encoders = dict(ContrastiveModel(encoder_specs(cfg, ("audio",), {}), ("audio",), 8, 8).encoders)
-    fold.probe("a_random_audio", *fold.feats(random_encoders, ("audio",)))
+    fold.probe_spk("a_random_audio", *fold.feats(random_encoders, ("audio",)))
 
     data = PretrainData(store, tr, {"dataset": "ravdess", "fold": fold.fold, "test_actors": FOLDS[fold.fold]},
                         speakers={i: f"actor{actor_of(i):02d}" for i in tr})
@@ -174,9 +181,9 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
     enc_c = load_encoders(fold_dir / "c_pair")
     a_tr, a_te = fold.feats(enc_c, ("audio",))
     u_tr, u_te = fold.feats(enc_c, ("au",))
-    fold.probe("c_pair_audio", a_tr, a_te)
+    fold.probe_spk("c_pair_audio", a_tr, a_te)
     fold.probe("c_pair_au", u_tr, u_te)
-    fold.probe("c_pair_audio+au", np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]))
+    fold.probe_spk("c_pair_audio+au", np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]))
     fold.probe("c_pair_audio+au_mlp", np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]), kind="mlp")
     fold.probe("c_pair_audio_mlp", a_tr, a_te, kind="mlp")
     # (e) few-shot curves of (c).
@@ -192,7 +199,7 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
     cfg_b = with_loss(with_train(cfg, modalities=("audio", "audio_view2")), pairs=("audio-audio_view2",))
     pretrain(cfg_b, data, fold_dir / "b_audio_ssl", info=CPU)
     enc_b = load_encoders(fold_dir / "b_audio_ssl")
-    fold.probe("b_audio_ssl_audio", *fold.feats(enc_b, ("audio",)))
+    fold.probe_spk("b_audio_ssl_audio", *fold.feats(enc_b, ("audio",)))
 
     # (d) the same encoders trained with labels: the upper bound.
     class_index = {c: k for k, c in enumerate(fold.classes)}
@@ -204,7 +211,7 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
             pred = head(torch.as_tensor(x_te, dtype=torch.float32)).argmax(dim=1).numpy()
         fold.results[name] = classification_metrics(fold.y_test, np.array(fold.classes)[pred], fold.classes)
         log.info("fold %d %-22s UA %.1f", fold.fold, name, fold.results[name]["ua"])
-        fold.probe(f"{name}_linear_probe", x_tr, x_te)
+        fold.probe_spk(f"{name}_linear_probe", x_tr, x_te)
     return {"fold": fold.fold, "test_actors": FOLDS[fold.fold], "n_train": len(tr), "n_test": len(te),
             "metrics": fold.results, "few_shot": fewshot}
 
@@ -257,6 +264,10 @@ LABELS = {
     "supervised": "supervised encoders (their own head)",
     "supervised_linear_probe": "supervised encoders, linear probe",
 }
+# The rows that fold.probe_spk adds: the same features, standardised per speaker.
+LABELS.update({f"{k}_spk": f"{LABELS[k]}, per-speaker standardised" for k in (
+    "floor_logmel_stats", "floor_au", "floor_logmel_stats+au", "a_random_audio", "b_audio_ssl_audio", "c_pair_audio",
+    "c_pair_audio+au", "d_sup_audio_linear_probe", "d_sup_audio+au_linear_probe")})
 
 
 def markdown_table(summary: dict[str, Any], title: str, metric_names: tuple[str, ...] = ("ua", "wa", "f1_weighted"),
