@@ -19,6 +19,8 @@ scores in that rare case).
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from typing import TYPE_CHECKING
 
@@ -49,14 +51,17 @@ _NMS_STAGE = 0.7
 # --------------------------------------------------------------------------- numpy kernels
 
 
+@functools.lru_cache(maxsize=256)
 def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     """[n_out, n_in] averaging matrix of adaptive average pooling (torch's "area" resize):
-    output i averages inputs floor(i*n_in/n_out) .. ceil((i+1)*n_in/n_out) - 1."""
+    output i averages inputs floor(i*n_in/n_out) .. ceil((i+1)*n_in/n_out) - 1. Cached (the
+    pyramid's sizes repeat every frame) and read-only, since callers share it."""
     mat = np.zeros((n_out, n_in), np.float32)
     for i in range(n_out):
         start = (i * n_in) // n_out
         end = ((i + 1) * n_in + n_out - 1) // n_out
         mat[i, start:end] = 1.0 / (end - start)
+    mat.flags.writeable = False
     return mat
 
 
