@@ -220,25 +220,23 @@ class Corpus:
         return out
 
     # -- config files
-    def _make_unknown_key_toml(self, path: Path) -> Path:
-        out = path.with_suffix(".toml")
-        out.write_text("[runtime]\nsmoothing_tau = 2.0\n")
+    @staticmethod
+    def _text_file(path: Path, suffix: str, text: str) -> Path:
+        out = path.with_suffix(suffix)
+        out.write_text(text)
         return out
+
+    def _make_unknown_key_toml(self, path: Path) -> Path:
+        return self._text_file(path, ".toml", "[runtime]\nsmoothing_tau = 2.0\n")
 
     def _make_wrong_type_toml(self, path: Path) -> Path:
-        out = path.with_suffix(".toml")
-        out.write_text('[window]\nwindow_s = "two seconds"\n')
-        return out
+        return self._text_file(path, ".toml", '[window]\nwindow_s = "two seconds"\n')
 
     def _make_broken_toml(self, path: Path) -> Path:
-        out = path.with_suffix(".toml")
-        out.write_text("[train\nlr = \n")
-        return out
+        return self._text_file(path, ".toml", "[train\nlr = \n")
 
     def _make_ini_config(self, path: Path) -> Path:
-        out = path.with_suffix(".ini")
-        out.write_text("[train]\nlr=1\n")
-        return out
+        return self._text_file(path, ".ini", "[train]\nlr=1\n")
 
     def _make_empty_cache(self, path: Path) -> Path:
         path.mkdir(parents=True)
