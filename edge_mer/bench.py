@@ -405,15 +405,10 @@ def bench_command(args: argparse.Namespace) -> int:
     load_before = [round(x, 2) for x in os.getloadavg()]
     clip = ClipInputs(clip_path, audio_rate, want_frames="mtcnn" in bundle.manifest.get("detectors", {}))
     from edge_mer.backends.onnx_backend import session_threads
-    from edge_mer.stream.app import _limit_blas_threads
+    from edge_mer.stream.app import one_blas_thread
 
-    # The stages are timed as `edge-mer run` runs them: one BLAS thread.
-    limits = _limit_blas_threads()
-    try:
+    with one_blas_thread():  # the stages are timed as `edge-mer run` runs them
         stages, _ = stage_latencies(bundle, cfg, clip, args.repeats, args.warmup)
-    finally:
-        if limits is not None:
-            limits.restore_original_limits()
     result: dict = {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command_line(args),

@@ -17,6 +17,7 @@ Privacy: nothing but events leaves the process. Frames and audio are written onl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -211,8 +212,8 @@ def _redirect_stdout_to_devnull() -> None:
         pass
 
 
-def _limit_blas_threads():
-    """One BLAS thread for the run, when threadpoolctl is installed.
+def one_blas_thread():
+    """A context in which BLAS uses one thread (when threadpoolctl is installed).
 
     The runtime's numpy matrix products are small (MTCNN's pyramid resampling, the mel
     filterbank); OpenBLAS spreading them over cores that the reader thread and ONNX Runtime
@@ -221,18 +222,14 @@ def _limit_blas_threads():
         from threadpoolctl import threadpool_limits
     except ImportError:
         log.debug("threadpoolctl not installed: BLAS keeps its default thread count")
-        return None
+        return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """``edge-mer run``: returns the process exit status."""
-    limits = _limit_blas_threads()
-    try:
+    with one_blas_thread():
         return _run(args)
-    finally:
-        if limits is not None:
-            limits.restore_original_limits()
 
 
 def _run(args: argparse.Namespace) -> int:
