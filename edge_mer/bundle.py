@@ -30,7 +30,11 @@ Manifest fields (schema version 1):
   "default_precision", "config"}``; the text encoder adds ``"tokenizer": file entry``
 - ``heads``: per modality subset key (``"audio"``, ``"audio+text"``; modalities in ``modalities``
   order) ``{"type", "modalities", ...file entry}``: input ``features`` [batch, sum of feature_dims]
-  (features concatenated in that order), output ``probs`` [batch, len(labels)]
+  (features concatenated in that order), output ``probs`` [batch, len(labels)]. Optional
+  ``input_norm``: ``{"type": "per_user", ...file entry}``, an ``.npz`` with ``mean`` and ``std``
+  [sum of feature_dims]: the head was fitted on per-speaker standardised features, and the runtime
+  standardises its input by running per-user statistics seeded with these population ones
+  (:mod:`edge_mer.stream.usernorm`)
 - ``detectors`` (optional): ``{"mtcnn": {"pnet"|"rnet"|"onet": file entry}, "landmarks": file entry}``
 - ``engines`` (optional): TensorRT engines ``[{"target", "precision", "tensorrt_version",
   "device", ...file entry}]``; engines only run on the device they were built for
@@ -209,7 +213,8 @@ class Bundle:
             )
             lines.append(f"encoder     {key}: {enc.get('name', '?')}, {enc.get('feature_dim', '?')}-d; {variants}")
         for key, head in m["heads"].items():
-            lines.append(f"head        {key}: {head.get('type', '?')} ({head['file']})")
+            norm = ", per-user normalised input" if "input_norm" in head else ""
+            lines.append(f"head        {key}: {head.get('type', '?')} ({head['file']}){norm}")
         for det, entry in m.get("detectors", {}).items():
             files = [e["file"] for _, e in iter_file_entries(entry)]
             lines.append(f"detector    {det}: {', '.join(files)}")
@@ -276,6 +281,9 @@ def validate_manifest(manifest: Any, name: str) -> None:
     for key, head in manifest["heads"].items():
         if not isinstance(head, dict) or "file" not in head:
             raise BundleError(f"bundle {name}: heads.{key} has no 'file'")
+        norm = head.get("input_norm")
+        if norm is not None and not (isinstance(norm, dict) and norm.get("type") == "per_user" and isinstance(norm.get("file"), str)):
+            raise BundleError(f"bundle {name}: heads.{key}.input_norm must be {{\"type\": \"per_user\", \"file\": ...}}")
     for key in ("window_s", "hop_s"):
         if not isinstance(manifest["window"].get(key), (int, float)):
             raise BundleError(f"bundle {name}: window.{key} must be a number")

@@ -160,6 +160,12 @@ class RuntimeCfg:
     precision: str = "auto"  # "auto" (best the bundle has for this backend), "fp32", "int8", "fp16"
     threads: int = 0  # intra-op threads per ONNX Runtime session (0 = half the cores, 1 to 4)
     smoothing_tau_s: float = 1.0  # exponential smoothing time constant of the probabilities
+    # Heads fitted on per-speaker standardised features (the bundle says so) standardise by the
+    # person's running statistics: true adapts them to whoever is in front of the device, false
+    # keeps the population statistics the bundle ships (several people sharing one stream).
+    user_norm: bool = True
+    user_norm_prior_windows: int = 20  # weight of the population statistics, in windows
+    user_norm_memory_windows: int = 1200  # the running statistics forget over about this many windows
     queue_size: int = 64  # bounded queue length between stages (items)
     drop_policy: str = "oldest"  # "oldest" or "newest": which item a full queue drops
     source_retry_s: float = 5.0  # how long a dead live source is retried before giving up

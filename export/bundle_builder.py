@@ -29,7 +29,7 @@ import torch
 from edge_mer import __version__
 from edge_mer.bundle import SCHEMA_VERSION, Bundle, file_entry, subset_key, write_manifest
 from edge_mer.config import Config, save_config
-from edge_mer.io import atomic_dir
+from edge_mer.io import atomic_dir, atomic_open
 from edge_mer.modality import Modality
 from export.heads import LinearProbe, write_head
 from export.onnx_export import export_encoder, io_entries, l2_normalise, run_onnx
@@ -162,6 +162,13 @@ def _write_heads(spec: BundleSpec, root: Path, dims: dict[str, int]) -> dict:
         rel = f"heads/{key}.onnx"
         write_head(probe, root / rel, name=f"head_{key.replace('+', '_')}")
         heads[key] = file_entry(root, rel, type="softmax_linear", modalities=mods, **io_entries(root / rel))
+        if probe.user_mean is not None:
+            # Fitted on per-speaker standardised features: the runtime standardises by running
+            # per-user statistics that start from these population ones.
+            prior = f"heads/{key}.user_norm.npz"
+            with atomic_open(root / prior, "wb") as fh:
+                np.savez(fh, mean=probe.user_mean.astype(np.float32), std=probe.user_std.astype(np.float32))
+            heads[key]["input_norm"] = file_entry(root, prior, type="per_user")
     return heads
 
 

@@ -35,6 +35,10 @@ class LinearProbe:
     weight: np.ndarray
     bias: np.ndarray
     classes: tuple[str, ...]
+    # Fitted on per-speaker standardised features: the population prior ([D] each) of the
+    # runtime's per-user normalisation (the bundle's heads.<key>.input_norm).
+    user_mean: np.ndarray | None = None
+    user_std: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         d, c = self.weight.shape
@@ -45,6 +49,11 @@ class LinearProbe:
             )
         if np.any(self.scale <= 0):
             raise ValueError("probe scale must be positive (a standard deviation per feature)")
+        if (self.user_mean is None) != (self.user_std is None):
+            raise ValueError("probe user_mean and user_std come together")
+        if self.user_mean is not None and (self.user_mean.shape != (d,) or self.user_std.shape != (d,) or np.any(self.user_std <= 0)):
+            raise ValueError(f"inconsistent probe: user_mean {self.user_mean.shape} / user_std {self.user_std.shape} "
+                             f"for {d} features (std must be positive)")
 
     @property
     def feature_dim(self) -> int:
@@ -65,6 +74,8 @@ class LinearProbe:
                 weight=z["weight"].astype(np.float32),
                 bias=z["bias"].astype(np.float32),
                 classes=tuple(str(c) for c in z["classes"]),
+                user_mean=z["user_mean"].astype(np.float32) if "user_mean" in z.files else None,
+                user_std=z["user_std"].astype(np.float32) if "user_std" in z.files else None,
             )
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -85,7 +96,8 @@ def remap_classes(probe: LinearProbe, labels: Sequence[str], source_of: Mapping[
         if src not in probe.classes:
             raise ValueError(f"label '{label}' has no source class '{src}' among {list(probe.classes)}")
         cols.append(probe.classes.index(src))
-    return LinearProbe(probe.mean, probe.scale, probe.weight[:, cols], probe.bias[cols], tuple(labels))
+    return LinearProbe(probe.mean, probe.scale, probe.weight[:, cols], probe.bias[cols], tuple(labels),
+                       user_mean=probe.user_mean, user_std=probe.user_std)
 
 
 def build_head_model(probe: LinearProbe, name: str = "head"):

@@ -26,9 +26,9 @@ from edge_mer.config import load_config  # noqa: E402
 from training.cache import open_cache  # noqa: E402
 from training.checkpoint import load_encoders  # noqa: E402
 from training.data.ravdess import EMOTIONS  # noqa: E402
-from training.datasets import actor_of, load_action_unit_vectors, load_cache_store  # noqa: E402
-from training.protocol import CPU, RavdessFold, with_loss, with_train  # noqa: E402
-from training.train import PretrainData, pretrain  # noqa: E402
+from training.datasets import actor_of, load_action_unit_vectors, load_cache_store, normalise_per_speaker  # noqa: E402
+from training.protocol import CPU, RavdessFold, logmel_stats, with_loss, with_train  # noqa: E402
+from training.train import ContrastiveModel, PretrainData, encoder_specs, pretrain  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/sweep")
     p.add_argument("--out", default="results/ravdess/sweep.jsonl", help="JSON lines, appended")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--speaker-norm", action="store_true",
+                   help="standardise log-mels and AUs per speaker before pretraining and probing (label-free)")
+    p.add_argument("--baselines", action="store_true", help="also score random init and log-mel statistics")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = [i for i in ids if i.startswith("ravdess/") and 1 <= actor_of(i) <= 20]
     store.vectors["au"] = load_action_unit_vectors(args.au_csv, ids)
     ids = [i for i in ids if i in store.vectors["au"]]
+    if args.speaker_norm:
+        store = normalise_per_speaker(store, {i: f"actor{actor_of(i):02d}" for i in ids})
     labels = open_cache(args.cache).labels()  # for the probes only; pretrain() never sees them
     fold = RavdessFold(args.fold, store, [i for i in ids if i in labels], labels, list(EMOTIONS))
     data = PretrainData(store, fold.train_ids, {"dataset": "ravdess", "fold": args.fold},
@@ -62,7 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     u_tr, u_te = fold.feats(enc, ("au",))
     ua = {name: round(fold.probe(name, tr, te)["ua"], 2) for name, (tr, te) in
           {"audio": (a_tr, a_te), "au": (u_tr, u_te), "audio+au": (np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]))}.items()}
-    line = {"tag": args.tag, "fold": args.fold, "overrides": args.overrides, "ua": ua, "seconds": round(time.time() - t0)}
+    if args.baselines:
+        torch.manual_seed(cfg.train.seed)
+        rand = dict(ContrastiveModel(encoder_specs(cfg, ("audio",), {}), ("audio",), 8, 8).encoders)
+        r_tr, r_te = fold.feats(rand, ("audio",))
+        s_tr, s_te = logmel_stats(store, fold.train_ids), logmel_stats(store, fold.test_ids)
+        au_tr = np.stack([store.vectors["au"][i] for i in fold.train_ids])
+        au_te = np.stack([store.vectors["au"][i] for i in fold.test_ids])
+        ua.update({name: round(fold.probe(name, tr, te)["ua"], 2) for name, (tr, te) in {
+            "random_audio": (r_tr, r_te), "stats": (s_tr, s_te), "raw_au": (au_tr, au_te),
+            "stats+raw_au": (np.hstack([s_tr, au_tr]), np.hstack([s_te, au_te])),
+            "random_audio+raw_au": (np.hstack([r_tr, au_tr]), np.hstack([r_te, au_te])),
+            "audio+raw_au": (np.hstack([a_tr, au_tr]), np.hstack([a_te, au_te]))}.items()})
+    line = {"tag": args.tag, "fold": args.fold, "overrides": args.overrides, "speaker_norm": args.speaker_norm, "ua": ua, "seconds": round(time.time() - t0)}
     print(json.dumps(line))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

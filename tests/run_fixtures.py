@@ -113,9 +113,10 @@ def minilm_tokenizer() -> Path:
 
 
 def make_bundle(root: Path, modalities: list[str], heads: list[list[str]], mtcnn_dir: Path | None = None,
-                window_s: float = 2.0, hop_s: float = 0.5) -> Path:
+                window_s: float = 2.0, hop_s: float = 0.5, user_norm: dict | None = None) -> Path:
     """A bundle with encoders for ``modalities``, a head per subset in ``heads`` and (given the
-    exported P/R/O-Net files in ``mtcnn_dir``) the MTCNN detector."""
+    exported P/R/O-Net files in ``mtcnn_dir``) the MTCNN detector. ``user_norm``: ``{head key:
+    (mean, std)}`` makes those heads per-user normalised, with that population prior."""
     cfg = Config()
     root = Path(root)
     mods = [Modality(m) for m in modalities]
@@ -138,6 +139,10 @@ def make_bundle(root: Path, modalities: list[str], heads: list[list[str]], mtcnn
         rel = f"heads/{key}.onnx"
         _save(head_model(DIM * len(subset), len(LABELS), seed=100 + j), root / rel)
         head_entries[key] = file_entry(root, rel, type="softmax_linear", modalities=key.split("+"))
+        if user_norm and key in user_norm:
+            mean, std = user_norm[key]
+            np.savez(root / f"heads/{key}.user_norm.npz", mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
+            head_entries[key]["input_norm"] = file_entry(root, f"heads/{key}.user_norm.npz", type="per_user")
     manifest = {
         "schema_version": SCHEMA_VERSION, "name": "run-test-" + "+".join(modalities),
         "created_utc": "2026-11-22T00:00:00Z", "edge_mer_version": __version__,

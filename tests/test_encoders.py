@@ -61,6 +61,18 @@ def test_audio_tcn_ignores_loudness_offset():
     assert torch.allclose(enc(logmel=x), enc(logmel=x + 3.0), atol=1e-4)
 
 
+def test_audio_tcn_raw_input_keeps_the_level_and_meanstd_pooling_sees_the_spread():
+    # "raw" is for inputs already standardised per speaker: a louder clip must read differently
+    enc = build_encoder("audio_tcn", {**SMALL["audio_tcn"], "input_norm": "raw", "pool": "meanstd"}).eval()
+    x = torch.randn(1, 128, 50)
+    assert not torch.allclose(enc(logmel=x), enc(logmel=x + 3.0), atol=1e-3)
+    assert enc(logmel=x).shape == (1, 24) and enc.head.in_features == 2 * SMALL["audio_tcn"]["bottleneck"]
+    with pytest.raises(ValueError, match="input_norm"):
+        build_encoder("audio_tcn", {**SMALL["audio_tcn"], "input_norm": "speaker"})
+    with pytest.raises(ValueError, match="pool"):
+        build_encoder("audio_tcn", {**SMALL["audio_tcn"], "pool": "max"})
+
+
 def test_mlp_input_stats_come_from_training_data():
     enc = build_encoder("mlp", SMALL["mlp"])
     x = np.random.default_rng(0).normal(5.0, 2.0, size=(100, 35)).astype(np.float32)

@@ -112,6 +112,26 @@ def test_bad_head_leaves_nothing_behind(tmp_path):
     assert not out.exists()
 
 
+def test_a_per_speaker_head_ships_its_prior_and_runs_per_user_normalised(tmp_path):
+    import dataclasses
+
+    from edge_mer.stream.fusion import Fusion
+
+    prior_mean, prior_std = np.linspace(-1, 1, 16).astype(np.float32), np.full(16, 0.5, np.float32)
+    probe = dataclasses.replace(_probe(16, 1), user_mean=prior_mean, user_std=prior_std)
+    bundle, _ = build_bundle(tmp_path / "b", _spec(include_mtcnn=False, heads={"audio": probe, "landmarks": _probe(16, 2)}))
+    entry = bundle.manifest["heads"]["audio"]["input_norm"]
+    assert entry["type"] == "per_user" and entry["file"] == "heads/audio.user_norm.npz" and len(entry["sha256"]) == 64
+    assert "input_norm" not in bundle.manifest["heads"]["landmarks"]
+    with np.load(bundle.path(entry)) as z:
+        np.testing.assert_array_equal(z["mean"], prior_mean)
+    fusion = Fusion.from_bundle(bundle, RuntimeCfg(threads=1, user_norm=False))
+    x = np.random.default_rng(0).normal(size=(1, 16)).astype(np.float32)
+    pred = fusion.predict({Modality.AUDIO: x})
+    expected = probe.predict_proba((x - prior_mean) / np.sqrt(prior_std.astype(np.float64) ** 2 + 1e-6))[0]
+    np.testing.assert_allclose(pred.probs, expected, atol=1e-5)
+
+
 def test_static_int8_requires_calibration():
     with pytest.raises(ValueError, match="calibration"):
         EncoderSource(modality="audio", name="x", module=ToyAudio(), feature_dim=16, feature_cfg={})

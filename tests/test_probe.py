@@ -129,3 +129,25 @@ def test_per_speaker_standardisation_uses_each_speakers_own_clips():
     np.testing.assert_allclose(standardise_per_group(x[groups == "b"], groups[groups == "b"]), out[groups == "b"])
     with pytest.raises(ValueError, match="group ids"):
         standardise_per_group(x, groups[:-1])
+
+
+def test_speaker_prior_and_a_probe_that_carries_it(tmp_path):
+    from export.heads import LinearProbe as HeadProbe
+    from training.probe import speaker_prior
+
+    x = np.array([[0.0, 1.0], [2.0, 1.0], [10.0, 5.0], [14.0, 5.0]])
+    groups = np.array(["a", "a", "b", "b"])
+    mean, std = speaker_prior(x, groups)
+    # speaker means (1, 1) and (12, 5); variances (1, 0) and (4, 0): a constant feature keeps std 1
+    np.testing.assert_allclose(mean, [6.5, 3.0])
+    np.testing.assert_allclose(std, [np.sqrt(2.5), 1.0])
+    xb, y = _blobs(10, ["a", "b", "c"])
+    probe = fit_linear_probe(xb, y, c=1.0)
+    probe.user_mean, probe.user_std = np.arange(6.0), np.full(6, 2.0)
+    probe.save(tmp_path / "p.npz")
+    back = LinearProbe.load(tmp_path / "p.npz")
+    np.testing.assert_allclose(back.user_mean, np.arange(6.0))
+    head = HeadProbe.from_npz(tmp_path / "p.npz")  # what export reads: the prior travels to the bundle
+    np.testing.assert_allclose(head.user_std, 2.0)
+    with pytest.raises(ValueError, match="user_mean"):
+        HeadProbe(head.mean, head.scale, head.weight, head.bias, head.classes, user_mean=np.zeros(5), user_std=np.ones(5))

@@ -180,3 +180,28 @@ def test_speaker_batching_trains_and_needs_speaker_ids(tmp_path):
     assert summary["steps"] > 0
     with pytest.raises(ConfigError, match="batch_by must be"):
         pretrain(load_config([], over[:-1] + ["train.batch_by=actor"]), PretrainData(store, ids, speakers=speakers), tmp_path / "bad")
+
+
+def test_normalise_per_speaker_standardises_each_speakers_inputs_by_their_own_clips():
+    from training.datasets import normalise_per_speaker
+
+    rng = np.random.default_rng(0)
+    store = ClipStore()
+    speakers = {}
+    for spk, (level, spread) in {"a": (-20.0, 1.0), "b": (5.0, 4.0)}.items():
+        for k in range(3):
+            cid = f"{spk}{k}"
+            store.logmels[cid] = rng.normal(level, spread, size=(4, 30 + 10 * k)).astype(np.float32)
+            store.vectors.setdefault("au", {})[cid] = rng.normal(level, spread, size=5).astype(np.float32)
+            speakers[cid] = spk
+    store.vectors["au"]["loner"] = np.ones(5, np.float32)  # a clip without a speaker is dropped
+    out = normalise_per_speaker(store, speakers)
+    assert "loner" not in out.vectors["au"] and set(out.logmels) == set(speakers)
+    for spk in "ab":
+        frames = np.concatenate([out.logmels[c] for c in speakers if speakers[c] == spk], axis=1)
+        np.testing.assert_allclose(frames.mean(axis=1), 0.0, atol=1e-5)
+        np.testing.assert_allclose(frames.std(axis=1), 1.0, atol=1e-4)
+        au = np.stack([out.vectors["au"][c] for c in speakers if speakers[c] == spk])
+        np.testing.assert_allclose(au.mean(axis=0), 0.0, atol=1e-5)
+    # the input store is left as it was
+    assert store.logmels["a0"].mean() < -10

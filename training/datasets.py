@@ -103,6 +103,39 @@ def load_cache_store(cache_dir: str | Path, streams: tuple[str, ...], ids: list[
     return store, list(wanted)
 
 
+def normalise_per_speaker(store: ClipStore, speaker_of: dict[str, str]) -> ClipStore:
+    """A copy of ``store`` whose inputs are standardised per speaker, label-free: each log-mel bin
+    by the mean and std over all frames of that speaker's clips (removes the voice's spectral
+    envelope and the recording level), each feature-vector stream by that speaker's per-dimension
+    mean and std (removes a face's resting action units). Clips without a speaker are dropped.
+    Uses only the speaker's own unlabelled clips; the runtime's per-user running statistics
+    (``runtime.user_norm``) are the online counterpart."""
+    out = ClipStore(frames_per_s=store.frames_per_s, media=store.media)
+    by_speaker: dict[str, list[str]] = {}
+    for clip_id, spk in speaker_of.items():
+        by_speaker.setdefault(spk, []).append(clip_id)
+    for clips in by_speaker.values():
+        mels = [store.logmels[c] for c in clips if c in store.logmels]
+        if mels:
+            frames = np.concatenate(mels, axis=1)
+            mean = frames.mean(axis=1, keepdims=True)
+            std = np.maximum(frames.std(axis=1, keepdims=True), 1e-3)
+            for c in clips:
+                if c in store.logmels:
+                    out.logmels[c] = ((store.logmels[c] - mean) / std).astype(np.float32)
+        for stream, table in store.vectors.items():
+            rows = [c for c in clips if c in table]
+            if not rows:
+                continue
+            x = np.stack([table[c] for c in rows]).astype(np.float64)
+            mean, std = x.mean(axis=0), x.std(axis=0)
+            std[std < 1e-6] = 1.0
+            dest = out.vectors.setdefault(stream, {})
+            for c, row in zip(rows, (x - mean) / std):
+                dest[c] = row.astype(np.float32)
+    return out
+
+
 def load_action_unit_vectors(csv_path: str | Path, clip_ids: list[str]) -> dict[str, np.ndarray]:
     """``{clip id: float32[35]}`` for the RAVDESS clips that have action units."""
     from training.data.ravdess import load_action_units

@@ -57,6 +57,10 @@ class LinearProbe:
     weight: np.ndarray  # [D, C]
     bias: np.ndarray  # [C]
     classes: np.ndarray  # [C] class names (str) or values
+    # Set when the probe was fitted on per-speaker standardised features: the population's
+    # per-speaker statistics, the prior of the runtime's per-user normalisation ([D] each).
+    user_mean: np.ndarray | None = None
+    user_std: np.ndarray | None = None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, np.float64) - self.mean) / self.scale) @ self.weight + self.bias
@@ -70,15 +74,20 @@ class LinearProbe:
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` (mean, scale, weight, bias, classes) atomically."""
         buf = io.BytesIO()
+        extra = {} if self.user_mean is None else {"user_mean": self.user_mean.astype(np.float32),
+                                                     "user_std": self.user_std.astype(np.float32)}
         np.savez(buf, mean=self.mean.astype(np.float32), scale=self.scale.astype(np.float32),
                  weight=self.weight.astype(np.float32), bias=self.bias.astype(np.float32),
-                 classes=np.asarray(self.classes).astype(str))
+                 classes=np.asarray(self.classes).astype(str), **extra)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "LinearProbe":
         with np.load(path, allow_pickle=False) as z:
-            return cls(*(z[k].astype(np.float64) if k != "classes" else z[k] for k in ("mean", "scale", "weight", "bias", "classes")))
+            probe = cls(*(z[k].astype(np.float64) if k != "classes" else z[k] for k in ("mean", "scale", "weight", "bias", "classes")))
+            if "user_mean" in z.files:
+                probe.user_mean, probe.user_std = z["user_mean"].astype(np.float64), z["user_std"].astype(np.float64)
+            return probe
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,6 +111,18 @@ def standardise_per_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
         mean, scale = _standardiser(x[rows])
         out[rows] = (x[rows] - mean) / scale
     return out
+
+
+def speaker_prior(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The population statistics a per-user normalisation starts from: the mean over speakers of
+    each speaker's feature means, and the root of the mean of their variances ([D] each)."""
+    x = np.asarray(x, np.float64)
+    groups = np.asarray(groups)
+    means = np.stack([x[groups == g].mean(axis=0) for g in np.unique(groups)])
+    variances = np.stack([x[groups == g].var(axis=0) for g in np.unique(groups)])
+    std = np.sqrt(variances.mean(axis=0))
+    std[std < 1e-8] = 1.0
+    return means.mean(axis=0), std
 
 
 def _logistic(xs: np.ndarray, y: np.ndarray, c: float, max_iter: int):
@@ -313,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", choices=("linear", "mlp"), default="linear")
     p.add_argument("--out", help="directory for metrics.json, metrics.md and confusion.png")
     p.add_argument("--save-probe", help="write the fitted linear probe as .npz (mean, scale, weight, bias, classes)")
+    p.add_argument("--per-speaker", action="store_true",
+                   help="standardise each actor's features by that actor's own clips before fitting and scoring "
+                        "(label-free); the saved probe carries the population prior for the runtime's per-user normalisation")
     add_config_args(p)
     return p
 
@@ -352,13 +376,20 @@ def main(argv: list[str] | None = None) -> int:
         x = np.concatenate([feats[s] for s in streams], axis=1)
         y = np.array([labels[i] for i in tr + te])
         groups = np.array([actor_of(i) for i in tr])
+        prior = None
+        if args.per_speaker:
+            prior = speaker_prior(x[:len(tr)], groups)
+            x = standardise_per_group(x, np.array([actor_of(i) for i in tr + te]))
         if args.probe == "linear":
             probe: Any = fit_linear_probe(x[:len(tr)], y[:len(tr)], groups=groups)
+            if prior is not None:
+                probe.user_mean, probe.user_std = prior
         else:
             probe = fit_mlp_probe(x[:len(tr)], y[:len(tr)])
         if args.save_probe:
             probe.save(args.save_probe)
         result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "streams": streams, "probe": args.probe,
+                                  "per_speaker": args.per_speaker,
                                   "train_actors": train_actors, "test_actors": test_actors, "n_train": len(tr)}
         if te:
             result["metrics"] = classification_metrics(y[len(tr):], probe.predict(x[len(tr):]), list(EMOTIONS))

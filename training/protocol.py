@@ -47,7 +47,7 @@ from edge_mer.errors import EdgeMerError
 from edge_mer.io import atomic_write_text
 from training.checkpoint import load_encoders
 from training.datasets import (ClipStore, ContrastiveDataset, LabelledDataset, actor_of, collate_streams,
-                               load_action_unit_vectors, load_cache_store, load_mosi)
+                               load_action_unit_vectors, load_cache_store, load_mosi, normalise_per_speaker)
 from training.distributed import DistInfo
 from training.probe import (classification_metrics, encode_logmels, encode_vectors, few_shot, fit_linear_probe,
                             fit_mlp_probe, save_confusion_png, standardise_per_group, write_json)
@@ -157,7 +157,7 @@ class RavdessFold:
         return both[0], both[1]
 
 
-def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: int) -> dict[str, Any]:
+def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: int, stats_epochs: int = 30) -> dict[str, Any]:
     store, tr, te = fold.store, fold.train_ids, fold.test_ids
     fold_dir = runs / f"fold{fold.fold}"
     # Floors: supervised logistic regression on fixed features (BRIEF section 4).
@@ -175,6 +175,21 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
 
     data = PretrainData(store, tr, {"dataset": "ravdess", "fold": fold.fold, "test_actors": FOLDS[fold.fold]},
                         speakers={i: f"actor{actor_of(i):02d}" for i in tr})
+    # (a') and (c') on the floor's own features: an MLP over the log-mel statistics, at random init
+    # and pretrained pairwise against the AUs (label-free), probed like the TCN.
+    cfg_s = with_loss(with_train(cfg, modalities=("stats", "au"), epochs=stats_epochs), pairs=("stats-au",))
+    torch.manual_seed(cfg.train.seed)
+    random_mlp = dict(ContrastiveModel(encoder_specs(cfg_s, ("stats",), {"stats": stats_tr.shape[1]}), ("stats",), 8, 8).encoders)
+    random_mlp["stats"].set_input_stats(stats_tr)
+    random_mlp["stats"].eval()
+    fold.probe_spk("a_random_stats_mlp", *fold.feats(random_mlp, ("stats",)))
+    pretrain(cfg_s, data, fold_dir / "c_pair_stats", info=CPU)
+    enc_s = load_encoders(fold_dir / "c_pair_stats")
+    s_tr, s_te = fold.feats(enc_s, ("stats",))
+    su_tr, su_te = fold.feats(enc_s, ("au",))
+    fold.probe_spk("c_pair_stats_mlp", s_tr, s_te)
+    fold.probe_spk("c_pair_stats_mlp+au", np.hstack([s_tr, su_tr]), np.hstack([s_te, su_te]))
+
     # (c) label-free pairwise audio <-> action units.
     cfg_c = with_loss(with_train(cfg, modalities=("audio", "au")), pairs=("audio-au",))
     pretrain(cfg_c, data, fold_dir / "c_pair", info=CPU)
@@ -246,6 +261,9 @@ LABELS = {
     "floor_logmel_stats+au": "floor: log-mel stats + AUs, supervised LR",
     "a_random_audio": "(a) random-init audio TCN, linear probe",
     "b_audio_ssl_audio": "(b) audio-only SSL (two crops), linear probe",
+    "a_random_stats_mlp": "(a') random-init MLP on log-mel stats, linear probe",
+    "c_pair_stats_mlp": "(c') pairwise log-mel-stats MLP<->AU, probe on stats MLP",
+    "c_pair_stats_mlp+au": "(c') pairwise log-mel-stats MLP<->AU, probe on both encoders",
     "c_pair_audio": "(c) pairwise audio<->AU, probe on audio",
     "c_pair_au": "(c) pairwise audio<->AU, probe on AU encoder",
     "c_pair_audio+au": "(c) pairwise audio<->AU, probe on audio+AU",
@@ -267,7 +285,8 @@ LABELS = {
 # The rows that fold.probe_spk adds: the same features, standardised per speaker.
 LABELS.update({f"{k}_spk": f"{LABELS[k]}, per-speaker standardised" for k in (
     "floor_logmel_stats", "floor_au", "floor_logmel_stats+au", "a_random_audio", "b_audio_ssl_audio", "c_pair_audio",
-    "c_pair_audio+au", "d_sup_audio_linear_probe", "d_sup_audio+au_linear_probe")})
+    "c_pair_audio+au", "d_sup_audio_linear_probe", "d_sup_audio+au_linear_probe", "a_random_stats_mlp", "c_pair_stats_mlp",
+    "c_pair_stats_mlp+au")})
 
 
 def markdown_table(summary: dict[str, Any], title: str, metric_names: tuple[str, ...] = ("ua", "wa", "f1_weighted"),
@@ -315,7 +334,8 @@ def save_fewshot_png(fewshot: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, folds: list[int], fewshot_draws: int) -> dict[str, Any]:
+def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, folds: list[int], fewshot_draws: int,
+                speaker_norm: bool = False, stats_epochs: int = 30) -> dict[str, Any]:
     from training.cache import open_cache
     from training.data.ravdess import EMOTIONS
 
@@ -323,6 +343,11 @@ def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, fol
     ids = [i for i in ids if i.startswith("ravdess/") and 1 <= actor_of(i) <= 20]
     store.vectors["au"] = load_action_unit_vectors(au_csv, ids)
     ids = [i for i in ids if i in store.vectors["au"]]
+    if speaker_norm:
+        # Label-free: every actor's inputs standardised by that actor's own unlabelled clips, test
+        # actors included (transductive, as a per-user running normalisation would be on a device).
+        store = normalise_per_speaker(store, {i: f"actor{actor_of(i):02d}" for i in ids})
+    store.vectors["stats"] = dict(zip(ids, logmel_stats(store, ids).astype(np.float32)))
     # Labels are read here for the probes and the supervised bound only; pretrain() never sees them.
     labels = open_cache(cache).labels()
     classes = list(EMOTIONS)
@@ -330,16 +355,18 @@ def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, fol
     t0 = time.time()
     for f in folds:
         fold = RavdessFold(f, store, [i for i in ids if i in labels], labels, classes)
-        per_fold.append(run_ravdess_fold(fold, cfg, runs, fewshot_draws))
+        per_fold.append(run_ravdess_fold(fold, cfg, runs, fewshot_draws, stats_epochs))
         write_json(out / "per_fold.json", per_fold)
         log.info("fold %d done (%.0f s since start)", f, time.time() - t0)
         # The summary so far is rewritten after every fold, so an interrupted run still reports.
         summary = summarise(per_fold, classes)
         done = [p["fold"] for p in per_fold]
         result = {"protocol": "ravdess speech, 8 classes, speaker-independent folds of 4 actors", "folds": done,
+                  "inputs": "standardised per speaker (label-free)" if speaker_norm else "as recorded",
                   "seconds": round(time.time() - t0), **summary}
         write_json(out / "results.json", result)
-        atomic_write_text(out / "results.md", markdown_table(summary, f"RAVDESS, folds {done} (speaker-independent; mean ± std over folds)"))
+        atomic_write_text(out / "results.md", markdown_table(summary, f"RAVDESS, folds {done} (speaker-independent; mean ± std over folds)"
+                                                                      + ("; inputs standardised per speaker" if speaker_norm else "")))
     for name in ("floor_logmel_stats+au", "a_random_audio", "b_audio_ssl_audio", "c_pair_audio", "c_pair_audio+au", "d_sup_audio+au"):
         if name in summary["conditions"]:
             save_confusion_png(summary["conditions"][name]["confusion"], classes, out / f"confusion_{name}.png",
@@ -420,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", default="1-5", help="RAVDESS folds to run, e.g. 1-5 or 1")
     p.add_argument("--seeds", default="0,1,2", help="MOSI seeds")
     p.add_argument("--fewshot-draws", type=int, default=5, help="random draws per k in the few-shot probes")
+    p.add_argument("--speaker-norm", action="store_true",
+                   help="standardise every actor's log-mels and AUs by that actor's own clips first (ravdess; label-free)")
+    p.add_argument("--stats-epochs", type=int, default=30, help="pretraining epochs of the log-mel-statistics MLP (ravdess)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave the default)")
     add_config_args(p)
     return p
@@ -439,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         save_config(cfg, out)
         runs = Path(args.runs or f"runs/protocol_{args.protocol}")
         if args.protocol == "ravdess":
-            result = run_ravdess(cfg, args.cache, args.au_csv, out, runs, parse_actors(args.folds), args.fewshot_draws)
+            result = run_ravdess(cfg, args.cache, args.au_csv, out, runs, parse_actors(args.folds), args.fewshot_draws,
+                                 args.speaker_norm, args.stats_epochs)
         else:
             result = run_mosi(cfg, args.mosi, out, runs, [int(s) for s in args.seeds.split(",")])
     except EdgeMerError as exc:

@@ -5,6 +5,10 @@ bundle has one (features concatenated in Modality order); otherwise the per-moda
 present modalities, combined by averaging their log-probabilities and renormalising (a geometric
 mean of the distributions). A window with no usable modality yields an event with ``label`` null.
 
+A head whose manifest entry has ``input_norm`` (``{"type": "per_user", "file": prior npz}``) was
+fitted on per-speaker standardised features; its input goes through a
+:class:`~edge_mer.stream.usernorm.RunningNorm` first (``runtime.user_norm``).
+
 Smoothing is exponential over window ends: ``p <- p + (1 - exp(-dt / tau)) (p_new - p)``, so the
 time constant ``runtime.smoothing_tau_s`` means the same whatever the hop; ``tau = 0`` is off.
 
@@ -24,7 +28,9 @@ import numpy as np
 
 from edge_mer.bundle import subset_key
 from edge_mer.config import RuntimeCfg
+from edge_mer.errors import BundleError
 from edge_mer.modality import Modality
+from edge_mer.stream.usernorm import RunningNorm, load_user_norm_prior
 
 if TYPE_CHECKING:
     from edge_mer.backends.base import Model
@@ -55,6 +61,7 @@ class Fusion:
         self.runtime_cfg = runtime_cfg
         self.labels = bundle.labels
         self._heads: dict[str, "Model"] = {}
+        self._norms: dict[str, RunningNorm] = {}
         self._warned: set[str] = set()
 
     @classmethod
@@ -73,12 +80,36 @@ class Fusion:
             from edge_mer.stream.stages import load_model
 
             self._heads[key] = load_model(self.bundle, entry, f"heads.{key}", self.runtime_cfg)
+            norm = entry.get("input_norm")
+            if norm is not None:
+                self._norms[key] = self._user_norm(key, entry, norm)
         return self._heads[key]
+
+    def _user_norm(self, key: str, entry: dict, norm: dict) -> RunningNorm:
+        where = f"bundle {self.bundle.root}: heads.{key}.input_norm"
+        if norm.get("type") != "per_user" or "file" not in norm:
+            raise BundleError(f"{where}: expected {{\"type\": \"per_user\", \"file\": ...}}, got {norm!r}")
+        dim = sum(int(self.bundle.encoder(m)["feature_dim"]) for m in entry.get("modalities", key.split("+")))
+        mean, std = load_user_norm_prior(self.bundle.path(norm), dim, where)
+        rt = self.runtime_cfg
+        return RunningNorm(mean, std, rt.user_norm_prior_windows, rt.user_norm_memory_windows, adapt=rt.user_norm)
+
+    def reset_user(self) -> None:
+        """Forget the current person's statistics (every head back to the population's)."""
+        for norm in self._norms.values():
+            norm.reset()
+
+    def user_windows(self) -> dict[str, int]:
+        """Per head with per-user normalisation: the windows its statistics rest on (prior included)."""
+        return {key: norm.windows for key, norm in self._norms.items()}
 
     def _run(self, key: str, features: dict[Modality, np.ndarray]) -> np.ndarray:
         order = [m for m in Modality if m in features]
         x = np.concatenate([features[m].reshape(1, -1) for m in order], axis=1).astype(np.float32)
-        probs = self._head(key).run({"features": x})["probs"][0].astype(np.float64)
+        head = self._head(key)
+        if key in self._norms:
+            x = self._norms[key](x)
+        probs = head.run({"features": x})["probs"][0].astype(np.float64)
         probs = np.clip(probs, 0.0, None)
         return probs / probs.sum() if probs.sum() > 0 else np.full(len(self.labels), 1.0 / len(self.labels))
 

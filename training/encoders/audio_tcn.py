@@ -26,6 +26,10 @@ class AudioTCNCfg:
     blocks: int = 4  # blocks per repeat (dilations 1, 2, 4, 8)
     repeats: int = 2  # repeats of the dilation stack
     feature_dim: int = 512  # output features (before the projector)
+    # "clip": standardise each input over bins and frames (removes level and microphone gain);
+    # "raw": take the input as it is (for inputs already standardised per speaker).
+    input_norm: str = "clip"
+    pool: str = "mean"  # over time: "mean", or "meanstd" (mean and std, concatenated)
 
 
 class GlobalLayerNorm(nn.Module):
@@ -77,16 +81,24 @@ class AudioTCN(Encoder):
         self.blocks = nn.Sequential(
             *[TCNBlock(cfg.bottleneck, cfg.hidden, cfg.kernel, 2**b) for _ in range(cfg.repeats) for b in range(cfg.blocks)]
         )
-        self.head = nn.Linear(cfg.bottleneck, cfg.feature_dim)
+        if cfg.input_norm not in ("clip", "raw"):
+            raise ValueError(f"audio_tcn: input_norm must be 'clip' or 'raw', got {cfg.input_norm!r}")
+        if cfg.pool not in ("mean", "meanstd"):
+            raise ValueError(f"audio_tcn: pool must be 'mean' or 'meanstd', got {cfg.pool!r}")
+        self.head = nn.Linear(cfg.bottleneck * (2 if cfg.pool == "meanstd" else 1), cfg.feature_dim)
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         # Standardise each clip over bins and frames: loudness and microphone gain differ
         # between devices, and log-mel levels carry them as an offset.
-        mean = logmel.mean(dim=(1, 2), keepdim=True)
-        std = (logmel - mean).pow(2).mean(dim=(1, 2), keepdim=True).add(1e-5).sqrt()
-        x = self.stem_norm(self.stem((logmel - mean) / std))
-        x = self.blocks(x)
-        return self.head(x.mean(dim=2))
+        if self.cfg.input_norm == "clip":
+            mean = logmel.mean(dim=(1, 2), keepdim=True)
+            std = (logmel - mean).pow(2).mean(dim=(1, 2), keepdim=True).add(1e-5).sqrt()
+            logmel = (logmel - mean) / std
+        x = self.blocks(self.stem_norm(self.stem(logmel)))
+        pooled = x.mean(dim=2)
+        if self.cfg.pool == "meanstd":
+            pooled = torch.cat([pooled, (x - pooled[:, :, None]).pow(2).mean(dim=2).add(1e-5).sqrt()], dim=1)
+        return self.head(pooled)
 
     def input_spec(self) -> list[dict]:
         return [{"name": "logmel", "shape": ["batch", self.cfg.n_mels, "frames"], "dtype": "float32"}]
