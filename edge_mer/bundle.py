@@ -27,7 +27,10 @@ Manifest fields (schema version 1):
 - ``features``: per modality, the exact feature settings its encoder was trained with (the
   ``audio``/``face``/``landmarks``/``text`` config sections)
 - ``encoders``: per modality ``{"name", "feature_dim", "variants": {precision: file entry},
-  "default_precision", "config"}``; the text encoder adds ``"tokenizer": file entry``
+  "default_precision", "config"}``; the text encoder adds ``"tokenizer": file entry``; optional
+  ``input_norm`` (``{"type": "per_user", ...file entry}``, ``mean``/``std`` per input channel, e.g.
+  log-mel bin): the encoder was pretrained on per-speaker standardised inputs, and the runtime
+  standardises its input by running per-user statistics seeded with these population ones
 - ``heads``: per modality subset key (``"audio"``, ``"audio+text"``; modalities in ``modalities``
   order) ``{"type", "modalities", ...file entry}``: input ``features`` [batch, sum of feature_dims]
   (features concatenated in that order), output ``probs`` [batch, len(labels)]. Optional
@@ -211,7 +214,8 @@ class Bundle:
             variants = ", ".join(
                 f"{p} ({_size(self.path(v))})" for p, v in enc.get("variants", {}).items()
             )
-            lines.append(f"encoder     {key}: {enc.get('name', '?')}, {enc.get('feature_dim', '?')}-d; {variants}")
+            norm = "; per-user normalised input" if "input_norm" in enc else ""
+            lines.append(f"encoder     {key}: {enc.get('name', '?')}, {enc.get('feature_dim', '?')}-d; {variants}{norm}")
         for key, head in m["heads"].items():
             norm = ", per-user normalised input" if "input_norm" in head else ""
             lines.append(f"head        {key}: {head.get('type', '?')} ({head['file']}){norm}")
@@ -274,6 +278,7 @@ def validate_manifest(manifest: Any, name: str) -> None:
         for precision in enc["variants"]:
             if precision not in PRECISIONS:
                 raise BundleError(f"bundle {name}: encoders.{m.value} has unknown precision '{precision}'")
+        _check_input_norm(enc.get("input_norm"), f"bundle {name}: encoders.{m.value}.input_norm")
         if m.value not in manifest["features"]:
             raise BundleError(f"bundle {name}: modality '{m.value}' has no feature settings in 'features'")
     if not manifest["heads"]:
@@ -281,12 +286,15 @@ def validate_manifest(manifest: Any, name: str) -> None:
     for key, head in manifest["heads"].items():
         if not isinstance(head, dict) or "file" not in head:
             raise BundleError(f"bundle {name}: heads.{key} has no 'file'")
-        norm = head.get("input_norm")
-        if norm is not None and not (isinstance(norm, dict) and norm.get("type") == "per_user" and isinstance(norm.get("file"), str)):
-            raise BundleError(f"bundle {name}: heads.{key}.input_norm must be {{\"type\": \"per_user\", \"file\": ...}}")
+        _check_input_norm(head.get("input_norm"), f"bundle {name}: heads.{key}.input_norm")
     for key in ("window_s", "hop_s"):
         if not isinstance(manifest["window"].get(key), (int, float)):
             raise BundleError(f"bundle {name}: window.{key} must be a number")
+
+
+def _check_input_norm(norm: Any, where: str) -> None:
+    if norm is not None and not (isinstance(norm, dict) and norm.get("type") == "per_user" and isinstance(norm.get("file"), str)):
+        raise BundleError(f"{where} must be {{\"type\": \"per_user\", \"file\": ...}}")
 
 
 def file_entry(root: str | os.PathLike, rel: str, **extra: Any) -> dict:

@@ -125,6 +125,10 @@ class TrainCfg:
     weight_decay: float = 1e-3  # L2 / decoupled weight decay
     batch_size: int = 32  # clips per step per process
     batch_by: str = "clip"  # "clip": batches mix all clips; "speaker": each batch holds one speaker's clips (speaker ids, never labels)
+    # Standardise each speaker's inputs (log-mel bins, feature vectors) by that speaker's own clips
+    # before pretraining (label-free; needs speaker ids). The runtime then standardises by the
+    # person's running statistics (the bundle's encoders.<m>.input_norm).
+    speaker_norm: bool = False
     epochs: int = 30  # passes over the training clips
     schedule: str = "step"  # "step" (x gamma every epoch), "cosine" or "constant"
     step_gamma: float = 0.9  # StepLR factor per epoch

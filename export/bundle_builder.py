@@ -61,6 +61,10 @@ class EncoderSource:
     parity_inputs: Mapping[str, torch.Tensor] | None = None
     calibration: Sequence[Mapping[str, np.ndarray]] = ()
     tokenizer: Path | None = None
+    # (mean, std) per input channel when the encoder was pretrained on per-speaker standardised
+    # inputs (train.speaker_norm): the population prior of the runtime's per-user input
+    # normalisation; parity_inputs and calibration are then standardised inputs too.
+    input_norm: tuple[np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.modality = Modality(self.modality)
@@ -139,6 +143,12 @@ def _export_encoder(src: EncoderSource, root: Path, scratch: Path, cfg: Config) 
     }
     if src.int8 == "dynamic" and "int8" in src.precisions:
         entry["int8_mode"] = "dynamic"
+    if src.input_norm is not None:
+        rel = f"encoders/{key}.user_norm.npz"
+        mean, std = (np.asarray(a, np.float32) for a in src.input_norm)
+        with atomic_open(root / rel, "wb") as fh:
+            np.savez(fh, mean=mean, std=std)
+        entry["input_norm"] = file_entry(root, rel, type="per_user")
     if src.tokenizer is not None:
         rel = f"{key}/tokenizer.json"
         (root / key).mkdir(parents=True, exist_ok=True)

@@ -177,8 +177,9 @@ def encode_clips(path: Path, logmels: Sequence[np.ndarray]) -> np.ndarray:
 # --------------------------------------------------------------------------- branches
 
 
-def load_release(release: Path) -> tuple[torch.nn.Module, str, dict, AudioCfg, LinearProbe]:
-    """(audio encoder, its registered name, its config, the AudioCfg it was trained with, probe)."""
+def load_release(release: Path) -> tuple[torch.nn.Module, str, dict, AudioCfg, LinearProbe, tuple | None]:
+    """(audio encoder, its registered name, its config, the AudioCfg it was trained with, probe,
+    the per-user input prior (mean, std) of a ``train.speaker_norm`` run, else None)."""
     from edge_mer.config import section_from_dict
     from training.checkpoint import load_encoders, read_meta
     from training.encoders import encoder_cfg_dict
@@ -191,7 +192,27 @@ def load_release(release: Path) -> tuple[torch.nn.Module, str, dict, AudioCfg, L
     encoder = encoders["audio"].eval()
     audio_cfg = section_from_dict("audio", read_meta(release)["config"]["audio"], f"{release}: config.audio")
     probe = LinearProbe.from_npz(release / "probe_audio.npz")
-    return encoder, encoder.name, encoder_cfg_dict(encoder), audio_cfg, probe
+    prior = None
+    if read_meta(release)["config"].get("train", {}).get("speaker_norm"):
+        from training.train import INPUT_PRIOR_FILE, read_input_prior
+
+        prior = read_input_prior(release, "audio")
+        if prior is None:
+            raise EdgeMerError(f"{release}: pretrained with train.speaker_norm but {INPUT_PRIOR_FILE} has no audio prior")
+    return encoder, encoder.name, encoder_cfg_dict(encoder), audio_cfg, probe, prior
+
+
+def standardise_per_actor(clips: Sequence[Clip], logmels: list[np.ndarray]) -> list[np.ndarray]:
+    """Each actor's log-mels standardised per bin by all frames of that actor's clips: what the
+    runtime's per-user input statistics converge to (for an encoder pretrained that way)."""
+    out = list(logmels)
+    for actor in sorted({c.actor for c in clips}):
+        idx = [i for i, c in enumerate(clips) if c.actor == actor]
+        frames = np.concatenate([logmels[i] for i in idx], axis=1).astype(np.float64)
+        mean, std = frames.mean(axis=1, keepdims=True), np.maximum(frames.std(axis=1, keepdims=True), 1e-3)
+        for i in idx:
+            out[i] = ((logmels[i] - mean) / std).astype(np.float32)
+    return out
 
 
 def random_audio(cfg: Config) -> tuple[torch.nn.Module, str, dict]:
@@ -215,13 +236,20 @@ def precision_rows(files: dict[str, Path], example: dict[str, np.ndarray], ua: d
 def evaluate_audio(bundle_root: Path, variants: dict, clips: list[Clip], logmels: list[np.ndarray],
                    shipped: LinearProbe, frames: int) -> tuple[list[dict], dict]:
     """UA on the held-out actors per precision: a probe fitted on fp32 features of the other
-    actors reads each precision's features (and the shipped probe's UA on the same actors)."""
+    actors reads each precision's features (and the shipped probe's UA on the same actors). When
+    the shipped head is per-speaker (it carries a per-user prior), both probes read features
+    standardised by each actor's own clips, as the runtime's per-user statistics converge to."""
+    from training.probe import standardise_per_group
+
     train = [i for i, c in enumerate(clips) if c.actor not in EVAL_ACTORS]
     test = [i for i, c in enumerate(clips) if c.actor in EVAL_ACTORS]
     y = [c.label for c in clips]
+    actors = np.array([c.actor for c in clips])
     files = {p: bundle_root / e["file"] for p, e in variants.items()}
     log.info("audio features of %d clips per precision (%s)", len(clips), ", ".join(files))
     feats = {p: encode_clips(f, logmels) for p, f in files.items()}
+    if shipped.user_mean is not None:
+        feats = {p: standardise_per_group(f, actors).astype(np.float32) for p, f in feats.items()}
     fold_probe = fit_probe(feats["fp32"][train], [y[i] for i in train], 0.1)
     ua = {p: unweighted_accuracy([y[i] for i in test], predict(fold_probe, f[test])) for p, f in feats.items()}
     shipped_ua = {p: unweighted_accuracy([y[i] for i in test], predict(shipped, f[test])) for p, f in feats.items()}
@@ -282,6 +310,14 @@ def model_card(manifest: dict, report: dict, command: str) -> str:
     audio = report["audio"]
     text = report["text"]
     lic = "\n".join(f"- {k}: {v}" for k, v in LICENCES.items())
+    per_user = "input_norm" in manifest["heads"]["audio"]
+    head_kind = ("linear probe fitted on **per-speaker standardised** features (each actor's features minus their "
+                 "mean, over their std); the runtime standardises by the person's running statistics "
+                 "(`runtime.user_norm`)" if per_user else "linear probe (standardise → linear → softmax)")
+    per_user_note = ("\n\nThe audio head is per-speaker: both probes above read features standardised by each actor's own "
+                     "clips (the statistics the runtime's per-user normalisation converges to after a few minutes of "
+                     "speech; `python scripts/ravdess_user_norm_eval.py` scores the online version, window by window, "
+                     "against a population head: docs/RESULTS.md)." if per_user else "")
     return f"""# Model card: {manifest['name']}
 
 Multimodal emotion recognition bundle for edge-mer: **{', '.join(manifest['modalities'])}** branches,
@@ -293,7 +329,7 @@ the real face data reachable here (7 RAVDESS videos of one actor) is far too lit
 | part | model | data | precision shipped (default) |
 |---|---|---|---|
 | audio encoder | {manifest['encoders']['audio']['name']} ({manifest['encoders']['audio']['feature_dim']}-d), pretrained **without labels** | {audio['source']} | {', '.join(manifest['encoders']['audio']['variants'])} ({manifest['encoders']['audio']['default_precision']}) |
-| audio head | linear probe (standardise → linear → softmax) | RAVDESS labels | fp32 |
+| audio head | {head_kind} | RAVDESS labels | fp32 |
 | text encoder | all-MiniLM-L6-v2, frozen, mean-pooled (384-d) | none (general sentence encoder, not emotion-trained) | int8 dynamic |
 | text head | logistic regression, class-balanced, C={text['info']['C']} (MELD dev) | MELD train transcripts ({text['info']['train']}) | fp32 |
 | face detector | MTCNN P/R/O-Net (facenet-pytorch weights) | as published | fp32 |
@@ -317,7 +353,7 @@ The last column reads the same fold-5 features with the shipped head, which the 
 on all 20 actors' labels (17–20 included): it checks that the head survives quantisation, and is
 optimistic as an accuracy. The encoder itself was pretrained label-free on the audio of all 20
 actors. Speaker-independent figures of the method (5 folds, nothing of the test actors seen in
-pretraining or probing) are in docs/RESULTS.md.
+pretraining or probing) are in docs/RESULTS.md.{per_user_note}
 
 Text: UA on MELD test ({text['info']['test']} utterances, 7 MELD classes), head fitted on fp32 features.
 
@@ -383,14 +419,17 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(args.data)
         if args.random_audio:
             encoder, enc_name, enc_cfg = random_audio(cfg)
-            audio_cfg, shipped, source = cfg.audio, None, "none (randomly initialised: test build)"
+            audio_cfg, shipped, source, prior = cfg.audio, None, "none (randomly initialised: test build)", None
         else:
-            encoder, enc_name, enc_cfg, audio_cfg, shipped = load_release(Path(args.release))
-            source = f"RAVDESS speech (actors 01–20, {Path(args.release).name}), audio↔face-action-unit pairs"
+            encoder, enc_name, enc_cfg, audio_cfg, shipped, prior = load_release(Path(args.release))
+            source = (f"RAVDESS speech (actors 01–20, {Path(args.release).name}), audio↔face-action-unit pairs"
+                      + (", each actor's log-mels and AUs standardised by that actor's own clips" if prior is not None else ""))
         cfg = dataclasses.replace(cfg, audio=audio_cfg)
         frames = int(round(cfg.window.window_s * audio_cfg.sample_rate_hz / audio_cfg.hop_length)) + 1
         clips = ravdess_clips(data, args.clips_per_actor)
         logmels = clip_logmels(clips, audio_cfg)
+        if prior is not None:
+            logmels = standardise_per_actor(clips, logmels)
         calib_lm = [lm for lm, c in zip(logmels, clips) if c.actor in CALIB_ACTORS]
         calib = windows(calib_lm, frames, args.calibration_clips or cfg.export.calibration_clips)
         if shipped is None:
@@ -407,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             default_precision="fp32", int8="static",
             parity_inputs={"logmel": torch.from_numpy(windows(logmels[::7], frames, 4))},
             calibration=[{"logmel": w[None]} for w in calib],
+            input_norm=prior,
         )
         with tempfile.TemporaryDirectory() as scratch:
             text_src, text_head, text_rows, text_info = text_branch(cfg, data, Path(scratch), args.meld_limit)

@@ -113,10 +113,12 @@ def minilm_tokenizer() -> Path:
 
 
 def make_bundle(root: Path, modalities: list[str], heads: list[list[str]], mtcnn_dir: Path | None = None,
-                window_s: float = 2.0, hop_s: float = 0.5, user_norm: dict | None = None) -> Path:
+                window_s: float = 2.0, hop_s: float = 0.5, user_norm: dict | None = None,
+                input_norm: dict | None = None) -> Path:
     """A bundle with encoders for ``modalities``, a head per subset in ``heads`` and (given the
     exported P/R/O-Net files in ``mtcnn_dir``) the MTCNN detector. ``user_norm``: ``{head key:
-    (mean, std)}`` makes those heads per-user normalised, with that population prior."""
+    (mean, std)}`` makes those heads per-user normalised, with that population prior;
+    ``input_norm``: ``{modality: (mean, std)}`` the same for encoders' inputs."""
     cfg = Config()
     root = Path(root)
     mods = [Modality(m) for m in modalities]
@@ -129,6 +131,10 @@ def make_bundle(root: Path, modalities: list[str], heads: list[list[str]], mtcnn
             "variants": {"fp32": file_entry(root, rel, precision="fp32")},
         }
         features[m.value] = dataclasses.asdict(getattr(cfg, m.value))
+        if input_norm and m.value in input_norm:
+            mean, std = input_norm[m.value]
+            np.savez(root / f"encoders/{m.value}.user_norm.npz", mean=np.asarray(mean, np.float32), std=np.asarray(std, np.float32))
+            encoders[m.value]["input_norm"] = file_entry(root, f"encoders/{m.value}.user_norm.npz", type="per_user")
         if m is Modality.TEXT:
             (root / "text").mkdir(parents=True, exist_ok=True)
             shutil.copy(minilm_tokenizer(), root / "text" / "tokenizer.json")

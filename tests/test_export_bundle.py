@@ -132,6 +132,19 @@ def test_a_per_speaker_head_ships_its_prior_and_runs_per_user_normalised(tmp_pat
     np.testing.assert_allclose(pred.probs, expected, atol=1e-5)
 
 
+def test_an_encoder_pretrained_on_per_speaker_inputs_ships_its_input_prior(tmp_path):
+    spec = _spec(include_mtcnn=False, heads={"audio": _probe(16, 1)})
+    audio = next(e for e in spec.encoders if e.modality is Modality.AUDIO)
+    audio.input_norm = (np.full(128, -6.0), np.full(128, 2.5))
+    bundle, _ = build_bundle(tmp_path / "b", spec)
+    entry = bundle.manifest["encoders"]["audio"]["input_norm"]
+    assert entry["type"] == "per_user" and entry["file"] == "encoders/audio.user_norm.npz"
+    assert "input_norm" not in bundle.manifest["encoders"]["landmarks"]
+    with np.load(bundle.path(entry)) as z:
+        np.testing.assert_array_equal(z["std"], np.full(128, 2.5, np.float32))
+    assert "per-user normalised input" in bundle.describe()
+
+
 def test_static_int8_requires_calibration():
     with pytest.raises(ValueError, match="calibration"):
         EncoderSource(modality="audio", name="x", module=ToyAudio(), feature_dim=16, feature_cfg={})

@@ -138,9 +138,10 @@ def test_speaker_prior_and_a_probe_that_carries_it(tmp_path):
     x = np.array([[0.0, 1.0], [2.0, 1.0], [10.0, 5.0], [14.0, 5.0]])
     groups = np.array(["a", "a", "b", "b"])
     mean, std = speaker_prior(x, groups)
-    # speaker means (1, 1) and (12, 5); variances (1, 0) and (4, 0): a constant feature keeps std 1
+    # speaker means (1, 1) and (12, 5): between-speaker variance (30.25, 4); within (1, 0) and (4, 0)
     np.testing.assert_allclose(mean, [6.5, 3.0])
-    np.testing.assert_allclose(std, [np.sqrt(2.5), 1.0])
+    np.testing.assert_allclose(std, [np.sqrt(2.5 + 30.25), 2.0])
+    np.testing.assert_allclose(speaker_prior(np.ones((4, 2)), groups)[1], 1.0)  # constant: std 1, never 0
     xb, y = _blobs(10, ["a", "b", "c"])
     probe = fit_linear_probe(xb, y, c=1.0)
     probe.user_mean, probe.user_std = np.arange(6.0), np.full(6, 2.0)

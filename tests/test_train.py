@@ -205,3 +205,40 @@ def test_normalise_per_speaker_standardises_each_speakers_inputs_by_their_own_cl
         np.testing.assert_allclose(au.mean(axis=0), 0.0, atol=1e-5)
     # the input store is left as it was
     assert store.logmels["a0"].mean() < -10
+
+
+def test_speaker_norm_pretrains_on_standardised_inputs_and_writes_the_input_prior(tmp_path, monkeypatch):
+    from training.datasets import load_cache_store, logmel_speaker_prior, speaker_logmel_stats
+    from training.train import read_input_prior
+
+    cache = make_cache(tmp_path / "cache")
+    monkeypatch.setattr(Cache, "labels", lambda self: (_ for _ in ()).throw(AssertionError("pretraining read the labels")))
+    out = tmp_path / "run"
+    over = small_overrides(["audio", "text"], epochs=1) + ["train.speaker_norm=true"]
+    assert main(["--cache", str(cache), "--out", str(out), *_args(over)]) == 0
+    mean, std = read_input_prior(out, "audio")
+    store, ids = load_cache_store(cache, ("audio",))
+    speakers = {i: f"spk{k % 4}" for k, i in enumerate(sorted(ids))}
+    ref_mean, ref_std = logmel_speaker_prior(store, speakers)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-5)
+    # within plus between speakers: wider than any one speaker's own spread
+    within = np.stack([np.sqrt(v) for _, v in speaker_logmel_stats(store, speakers).values()])
+    assert np.all(std >= within.min(axis=0) - 1e-6)
+    assert json.loads((out / "checkpoint.json").read_text())["config"]["train"]["speaker_norm"] is True
+
+
+def test_speaker_norm_needs_a_speaker_for_every_clip(tmp_path, capsys):
+    import json as _json
+
+    cache = make_cache(tmp_path / "cache", n=4)
+    index = cache / "index.jsonl"
+    if index.is_file():
+        rows = [_json.loads(line) for line in index.read_text().splitlines()]
+        rows[0]["speaker"] = ""
+        index.write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    else:
+        pytest.skip("cache index format changed")
+    over = small_overrides(["audio", "text"], epochs=1, batch=2) + ["train.speaker_norm=true"]
+    assert main(["--cache", str(cache), "--out", str(tmp_path / "o"), *_args(over)]) == 2
+    assert "train.speaker_norm" in capsys.readouterr().err

@@ -168,3 +168,45 @@ def test_several_rows_of_one_window_count_as_one_window_with_their_spread():
     np.testing.assert_allclose(norm.mean, mean, rtol=1e-10)
     np.testing.assert_allclose(norm.var, var, rtol=1e-10)
     assert norm.windows == 4
+
+
+def _speech_window(seed: int, gain: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(32000) / 16000.0
+    return (gain * (np.sin(2 * np.pi * 180 * t) + 0.3 * rng.normal(size=t.size))).astype(np.float32)
+
+
+def test_an_encoder_with_per_user_input_norm_reads_standardised_log_mels(tmp_path):
+    from edge_mer.config import Config
+    from edge_mer.features.logmel import log_mel
+    from edge_mer.stream.stages import FeatureExtractor
+    from edge_mer.stream.stats import Stats
+    from edge_mer.stream.windower import Window
+
+    n_mels = Config().audio.n_mels
+    rng = np.random.default_rng(11)
+    mean, std = rng.normal(-8.0, 1.0, n_mels), rng.uniform(1.0, 3.0, n_mels)
+    root = make_bundle(tmp_path / "b", ["audio"], [["audio"]], input_norm={"audio": (mean, std)})
+    bundle = Bundle.load(root)
+    assert "per-user normalised input" in bundle.describe()
+    cfg = Config(runtime=RuntimeCfg(threads=1, user_norm_prior_windows=3, user_norm_memory_windows=50))
+    fx = FeatureExtractor.from_bundle(bundle, cfg, None, Stats(), has_video=False, has_audio=True)
+    reference = RunningNorm(mean, std, 3, 50)
+    for k, gain in enumerate((0.1, 0.3, 0.05)):
+        audio = _speech_window(k, gain)
+        out = fx(Window(index=k, t_start_s=0.5 * k, t_end_s=0.5 * k + 2.0, audio=audio, audio_coverage=1.0))
+        mel = reference(log_mel(audio, bundle.feature_cfg("audio")).T).T
+        expected = fx.encoders[A].run({"logmel": mel[None]})["feature"]
+        np.testing.assert_allclose(out.features[A], expected, rtol=1e-5, atol=1e-6)
+    assert fx.input_norms[A].windows == 6
+    np.testing.assert_allclose(fx.input_norms[A].mean, reference.mean, rtol=1e-6)
+
+
+def test_an_input_prior_of_the_wrong_size_is_refused(tmp_path):
+    from edge_mer.config import Config
+    from edge_mer.stream.stages import FeatureExtractor
+    from edge_mer.stream.stats import Stats
+
+    root = make_bundle(tmp_path / "b", ["audio"], [["audio"]], input_norm={"audio": (np.zeros(7), np.ones(7))})
+    with pytest.raises(BundleError, match=r"encoders\.audio\.input_norm.*reads 128 features"):
+        FeatureExtractor.from_bundle(Bundle.load(root), Config(), None, Stats(), has_video=False, has_audio=True)

@@ -103,6 +103,37 @@ def load_cache_store(cache_dir: str | Path, streams: tuple[str, ...], ids: list[
     return store, list(wanted)
 
 
+def _by_speaker(speaker_of: dict[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for clip_id, spk in speaker_of.items():
+        out.setdefault(spk, []).append(clip_id)
+    return out
+
+
+def speaker_logmel_stats(store: ClipStore, speaker_of: dict[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{speaker: (mean, var)}`` per log-mel bin over all frames of that speaker's clips."""
+    out = {}
+    for spk, clips in _by_speaker(speaker_of).items():
+        mels = [store.logmels[c] for c in clips if c in store.logmels]
+        if mels:
+            frames = np.concatenate(mels, axis=1).astype(np.float64)
+            out[spk] = (frames.mean(axis=1), frames.var(axis=1))
+    return out
+
+
+def logmel_speaker_prior(store: ClipStore, speaker_of: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """The log-mel statistics a per-user input normalisation starts from before it has heard the
+    person ([n_mels] each): the mean of the speakers' means, and the spread expected about it
+    (within a speaker plus between speakers' means). Exported with an encoder pretrained on
+    per-speaker standardised log-mels (``train.speaker_norm``)."""
+    stats = list(speaker_logmel_stats(store, speaker_of).values())
+    if not stats:
+        raise ValueError("logmel_speaker_prior: no speaker has log-mels")
+    means = np.stack([m for m, _ in stats])
+    variances = np.stack([v for _, v in stats])
+    return means.mean(axis=0), np.sqrt(variances.mean(axis=0) + means.var(axis=0))
+
+
 def normalise_per_speaker(store: ClipStore, speaker_of: dict[str, str]) -> ClipStore:
     """A copy of ``store`` whose inputs are standardised per speaker, label-free: each log-mel bin
     by the mean and std over all frames of that speaker's clips (removes the voice's spectral
@@ -111,18 +142,13 @@ def normalise_per_speaker(store: ClipStore, speaker_of: dict[str, str]) -> ClipS
     Uses only the speaker's own unlabelled clips; the runtime's per-user running statistics
     (``runtime.user_norm``) are the online counterpart."""
     out = ClipStore(frames_per_s=store.frames_per_s, media=store.media)
-    by_speaker: dict[str, list[str]] = {}
-    for clip_id, spk in speaker_of.items():
-        by_speaker.setdefault(spk, []).append(clip_id)
+    by_speaker = _by_speaker(speaker_of)
+    for spk, (mean, var) in speaker_logmel_stats(store, speaker_of).items():
+        std = np.maximum(np.sqrt(var), 1e-3)[:, None]
+        for c in by_speaker[spk]:
+            if c in store.logmels:
+                out.logmels[c] = ((store.logmels[c] - mean[:, None]) / std).astype(np.float32)
     for clips in by_speaker.values():
-        mels = [store.logmels[c] for c in clips if c in store.logmels]
-        if mels:
-            frames = np.concatenate(mels, axis=1)
-            mean = frames.mean(axis=1, keepdims=True)
-            std = np.maximum(frames.std(axis=1, keepdims=True), 1e-3)
-            for c in clips:
-                if c in store.logmels:
-                    out.logmels[c] = ((store.logmels[c] - mean) / std).astype(np.float32)
         for stream, table in store.vectors.items():
             rows = [c for c in clips if c in table]
             if not rows:

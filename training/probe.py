@@ -114,13 +114,14 @@ def standardise_per_group(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
 
 
 def speaker_prior(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The population statistics a per-user normalisation starts from: the mean over speakers of
-    each speaker's feature means, and the root of the mean of their variances ([D] each)."""
+    """The statistics a per-user normalisation starts from, before it has seen the person: the
+    mean over speakers of each speaker's feature means, and the spread a new speaker's features
+    are expected to have about it: within a speaker plus between speakers' means ([D] each)."""
     x = np.asarray(x, np.float64)
     groups = np.asarray(groups)
     means = np.stack([x[groups == g].mean(axis=0) for g in np.unique(groups)])
     variances = np.stack([x[groups == g].var(axis=0) for g in np.unique(groups)])
-    std = np.sqrt(variances.mean(axis=0))
+    std = np.sqrt(variances.mean(axis=0) + means.var(axis=0))
     std[std < 1e-8] = 1.0
     return means.mean(axis=0), std
 
@@ -342,9 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.checkpoint import load_encoders
+    from training.checkpoint import load_encoders, read_meta
     from training.data.ravdess import EMOTIONS
-    from training.datasets import actor_of, load_action_unit_vectors, load_cache_store
+    from training.datasets import actor_of, load_action_unit_vectors, load_cache_store, normalise_per_speaker
     from training.train import parse_actors
 
     args = build_parser().parse_args(argv)
@@ -361,12 +362,19 @@ def main(argv: list[str] | None = None) -> int:
         store, ids = load_cache_store(args.cache, ("audio",))
         from training.cache import open_cache
 
-        labels = open_cache(args.cache).labels()
+        cache = open_cache(args.cache)
+        labels = cache.labels()
         vectors = {}
         if "au" in streams:
             if not args.au_csv:
                 raise ConfigError("stream 'au' needs --au-csv")
             vectors["au"] = load_action_unit_vectors(args.au_csv, ids)
+        if read_meta(args.checkpoint)["config"].get("train", {}).get("speaker_norm"):
+            # The encoders were pretrained on per-speaker standardised inputs: read them so too
+            # (each speaker by their own unlabelled clips, the test speakers included).
+            store.vectors = vectors
+            store = normalise_per_speaker(store, {i: str(cache.index(i).get("speaker") or actor_of(i)) for i in ids})
+            vectors = store.vectors
         usable = [i for i in ids if i in labels and all(i in vectors[s] for s in streams if s != "audio")]
         tr = [i for i in usable if actor_of(i) in train_actors]
         te = [i for i in usable if actor_of(i) in test_actors]

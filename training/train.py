@@ -40,7 +40,8 @@ from edge_mer.errors import ConfigError, EdgeMerError
 from edge_mer.io import atomic_write_text
 from training import checkpoint as ckpt
 from training.datasets import (ClipStore, ContrastiveDataset, CropSpec, check_label_free, collate_streams,
-                               load_action_unit_vectors, load_cache_store, load_mosi)
+                               load_action_unit_vectors, load_cache_store, load_mosi, logmel_speaker_prior,
+                               normalise_per_speaker)
 from training.distributed import DistInfo, all_reduce_mean, init_distributed, shutdown
 from training.encoders import Projector, build_encoder, cfg_from_dict, encoder_class
 from training.loss import PairwiseInfoNCE
@@ -132,6 +133,9 @@ class PretrainData:
     # Speaker of each clip, for ``train.batch_by = "speaker"``: metadata that unlabelled recordings
     # have too (who is speaking), never an emotion label.
     speakers: dict[str, str] | None = None
+    # With ``train.speaker_norm``: per stream, the population statistics (mean, std) a per-user
+    # input normalisation starts from; written next to the checkpoint as input_norm.npz.
+    input_prior: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def split_validation(ids: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -483,7 +487,37 @@ def load_pretrain_data(cfg: Config, cache: str | None, au_csv: str | None, mosi:
 
     index = open_cache(cache)
     speakers = {i: str(index.index(i).get("speaker") or "") for i in ids}
-    return PretrainData(store, ids, {"dataset": "cache", "cache": str(cache), "actors": actors}, speakers)
+    data = PretrainData(store, ids, {"dataset": "cache", "cache": str(cache), "actors": actors}, speakers)
+    if cfg.train.speaker_norm:
+        missing = [i for i in ids if not speakers[i]]
+        if missing:
+            raise ConfigError(f"train.speaker_norm: {len(missing)} clips of {cache} have no speaker id, e.g. {missing[0]}")
+        data.input_prior = {"audio": logmel_speaker_prior(store, speakers)} if store.logmels else {}
+        data.store = normalise_per_speaker(store, speakers)
+    return data
+
+
+INPUT_PRIOR_FILE = "input_norm.npz"
+
+
+def write_input_prior(out_dir: str | Path, prior: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """``OUT/input_norm.npz``: ``<stream>_mean`` and ``<stream>_std`` per stream (atomic)."""
+    from edge_mer.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **{f"{s}_{k}": v.astype(np.float32) for s, (m, sd) in prior.items() for k, v in (("mean", m), ("std", sd))})
+    atomic_write_bytes(Path(out_dir) / INPUT_PRIOR_FILE, buf.getvalue())
+
+
+def read_input_prior(run_dir: str | Path, stream: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``stream`` prior a ``train.speaker_norm`` run wrote, or None."""
+    path = Path(run_dir) / INPUT_PRIOR_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if f"{stream}_mean" not in z.files:
+            return None
+        return z[f"{stream}_mean"].astype(np.float64), z[f"{stream}_std"].astype(np.float64)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -507,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         info = init_distributed(cfg.train.device)
         data = load_pretrain_data(cfg, args.cache, args.au_csv, args.mosi, parse_actors(args.actors) if args.actors else None)
         summary = pretrain(cfg, data, args.out, resume=not args.no_resume, info=info)
+        if info.is_main and data.input_prior:
+            write_input_prior(args.out, data.input_prior)
     except EdgeMerError as exc:
         print(f"training.train: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -34,6 +34,7 @@ from edge_mer.features.logmel import log_mel
 from edge_mer.modality import Modality
 from edge_mer.stream.sources import AudioChunk, BoundedQueue
 from edge_mer.stream.stats import Stats
+from edge_mer.stream.usernorm import RunningNorm, load_user_norm_prior
 from edge_mer.stream.windower import Window
 
 if TYPE_CHECKING:
@@ -405,6 +406,9 @@ class FeatureExtractor:
         self.text_stage = text_stage
         self.absent_reason = absent_reason  # modalities that can never be present this session
         self.stats = stats
+        # Encoders pretrained on per-speaker standardised inputs: their input's running per-user
+        # statistics (log-mel bins for audio), see edge_mer.stream.usernorm.
+        self.input_norms: dict[Modality, RunningNorm] = {}
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", cfg: Config, vosk_model_dir: str | None, stats: Stats,
@@ -474,7 +478,19 @@ class FeatureExtractor:
             log.info("encoder %s: %s (%s)", m.value, entry["file"], precision)
         for m, why in absent.items():
             log.warning("%s modality off for this run: %s", m, why)
-        return cls(mods, encoders, audio_cfg, face_cfg, lm_cfg, face_stage, text_stage, absent, stats)
+        out = cls(mods, encoders, audio_cfg, face_cfg, lm_cfg, face_stage, text_stage, absent, stats)
+        for m in encoders:
+            norm = bundle.encoder(m).get("input_norm")
+            if norm is None:
+                continue
+            where = f"bundle {bundle.root}: encoders.{m.value}.input_norm"
+            if m is not Modality.AUDIO:
+                raise BundleError(f"{where}: per-user input normalisation is supported for audio (log-mel bins) only")
+            mean, std = load_user_norm_prior(bundle.path(norm), audio_cfg.n_mels, where)
+            rt = cfg.runtime
+            out.input_norms[m] = RunningNorm(mean, std, rt.user_norm_prior_windows, rt.user_norm_memory_windows, adapt=rt.user_norm)
+            log.info("encoder %s: input standardised per user (%s)", m.value, "adapting" if rt.user_norm else "population statistics")
+        return out
 
     def __call__(self, window: Window) -> WindowFeatures:
         out = WindowFeatures(absent=dict(self.absent_reason))
@@ -530,6 +546,9 @@ class FeatureExtractor:
             return
         with self.stats.time("logmel"):
             mel = log_mel(audio, self.audio_cfg)
+            if Modality.AUDIO in self.input_norms:
+                # The window's frames update the person's per-bin statistics as one window.
+                mel = self.input_norms[Modality.AUDIO](mel.T).T
         out.features[Modality.AUDIO] = self._encode(Modality.AUDIO, {"logmel": mel[None]})
 
     def _text(self, window: Window, out: WindowFeatures) -> None:
