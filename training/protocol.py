@@ -10,6 +10,8 @@ only, then scored on the fold's 4. Conditions:
 - ``b_audio_ssl``: audio-only self-supervised baseline, two crops of a clip as the positive pair;
 - ``c_pair_*``: label-free pairwise audio <-> action units, probes on audio, on AUs, on both
   (linear and the paper's MLP probe), and few-shot curves (k labelled clips per class);
+- ``a_random_stats_mlp``, ``c_pair_stats_mlp*``: (a') and (c') with an MLP over the floor's
+  log-mel statistics instead of the TCN (``--stats-epochs``);
 - ``d_sup_*``: the same encoders trained WITH labels (cross-entropy): the upper bound. This is the
   only place where labels meet an encoder's training, and it is kept apart from the label-free
   path (it uses :class:`training.datasets.LabelledDataset`, never :func:`training.train.pretrain`).
@@ -17,6 +19,10 @@ only, then scored on the fold's 4. Conditions:
 ``mosi``: CMU-MOSI feature triples (text, audio, video; binary sentiment), official speaker-
 independent split; pairwise pretraining over all three pairs on the train split vs the same
 encoders at random init vs supervised, linear-probe accuracy and F1, over several seeds.
+
+``--speaker-norm`` standardises every actor's log-mels (per bin) and AUs by that actor's own
+clips before anything else (label-free; test actors by their own unlabelled clips), as
+``train.speaker_norm`` does for pretraining and the runtime's per-user statistics do on a device.
 
 Every run writes ``results.json`` and ``results.md`` (mean +/- std over folds or seeds) and
 confusion-matrix PNGs into ``--out``; runs go to ``--runs`` and resume when restarted.
