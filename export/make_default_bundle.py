@@ -205,14 +205,11 @@ def load_release(release: Path) -> tuple[torch.nn.Module, str, dict, AudioCfg, L
 def standardise_per_actor(clips: Sequence[Clip], logmels: list[np.ndarray]) -> list[np.ndarray]:
     """Each actor's log-mels standardised per bin by all frames of that actor's clips: what the
     runtime's per-user input statistics converge to (for an encoder pretrained that way)."""
-    out = list(logmels)
-    for actor in sorted({c.actor for c in clips}):
-        idx = [i for i, c in enumerate(clips) if c.actor == actor]
-        frames = np.concatenate([logmels[i] for i in idx], axis=1).astype(np.float64)
-        mean, std = frames.mean(axis=1, keepdims=True), np.maximum(frames.std(axis=1, keepdims=True), 1e-3)
-        for i in idx:
-            out[i] = ((logmels[i] - mean) / std).astype(np.float32)
-    return out
+    from training.datasets import ClipStore, normalise_per_speaker
+
+    store = normalise_per_speaker(ClipStore(logmels={str(i): lm for i, lm in enumerate(logmels)}),
+                                  {str(i): str(c.actor) for i, c in enumerate(clips)})
+    return [store.logmels[str(i)] for i in range(len(logmels))]
 
 
 def random_audio(cfg: Config) -> tuple[torch.nn.Module, str, dict]:

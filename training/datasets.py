@@ -129,9 +129,16 @@ def logmel_speaker_prior(store: ClipStore, speaker_of: dict[str, str]) -> tuple[
     stats = list(speaker_logmel_stats(store, speaker_of).values())
     if not stats:
         raise ValueError("logmel_speaker_prior: no speaker has log-mels")
-    means = np.stack([m for m, _ in stats])
-    variances = np.stack([v for _, v in stats])
-    return means.mean(axis=0), np.sqrt(variances.mean(axis=0) + means.var(axis=0))
+    return pool_speaker_stats(np.stack([m for m, _ in stats]), np.stack([v for _, v in stats]))
+
+
+def pool_speaker_stats(means: np.ndarray, variances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-speaker means and variances [S, D] -> the population prior (mean, std) [D]: the mean of
+    the speakers' means, and the spread a new speaker is expected to show about it (the average
+    within-speaker variance plus the variance of the speakers' means). A constant dimension gets
+    std 1."""
+    std = np.sqrt(variances.mean(axis=0) + means.var(axis=0))
+    return means.mean(axis=0), np.where(std < 1e-8, 1.0, std)
 
 
 def normalise_per_speaker(store: ClipStore, speaker_of: dict[str, str]) -> ClipStore:

@@ -117,13 +117,12 @@ def speaker_prior(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.nda
     """The statistics a per-user normalisation starts from, before it has seen the person: the
     mean over speakers of each speaker's feature means, and the spread a new speaker's features
     are expected to have about it: within a speaker plus between speakers' means ([D] each)."""
+    from training.datasets import pool_speaker_stats
+
     x = np.asarray(x, np.float64)
     groups = np.asarray(groups)
-    means = np.stack([x[groups == g].mean(axis=0) for g in np.unique(groups)])
-    variances = np.stack([x[groups == g].var(axis=0) for g in np.unique(groups)])
-    std = np.sqrt(variances.mean(axis=0) + means.var(axis=0))
-    std[std < 1e-8] = 1.0
-    return means.mean(axis=0), std
+    return pool_speaker_stats(np.stack([x[groups == g].mean(axis=0) for g in np.unique(groups)]),
+                              np.stack([x[groups == g].var(axis=0) for g in np.unique(groups)]))
 
 
 def _logistic(xs: np.ndarray, y: np.ndarray, c: float, max_iter: int):
