@@ -28,9 +28,8 @@ import numpy as np
 
 from edge_mer.bundle import subset_key
 from edge_mer.config import RuntimeCfg
-from edge_mer.errors import BundleError
 from edge_mer.modality import Modality
-from edge_mer.stream.usernorm import RunningNorm, load_user_norm_prior
+from edge_mer.stream.usernorm import RunningNorm, user_norm_from_bundle
 
 if TYPE_CHECKING:
     from edge_mer.backends.base import Model
@@ -80,19 +79,11 @@ class Fusion:
             from edge_mer.stream.stages import load_model
 
             self._heads[key] = load_model(self.bundle, entry, f"heads.{key}", self.runtime_cfg)
-            norm = entry.get("input_norm")
-            if norm is not None:
-                self._norms[key] = self._user_norm(key, entry, norm)
+            if "input_norm" in entry:  # its form was checked when the bundle was loaded
+                dim = sum(int(self.bundle.encoder(m)["feature_dim"]) for m in entry.get("modalities", key.split("+")))
+                self._norms[key] = user_norm_from_bundle(self.bundle, entry["input_norm"], dim,
+                                                         f"bundle {self.bundle.root}: heads.{key}.input_norm", self.runtime_cfg)
         return self._heads[key]
-
-    def _user_norm(self, key: str, entry: dict, norm: dict) -> RunningNorm:
-        where = f"bundle {self.bundle.root}: heads.{key}.input_norm"
-        if norm.get("type") != "per_user" or "file" not in norm:
-            raise BundleError(f"{where}: expected {{\"type\": \"per_user\", \"file\": ...}}, got {norm!r}")
-        dim = sum(int(self.bundle.encoder(m)["feature_dim"]) for m in entry.get("modalities", key.split("+")))
-        mean, std = load_user_norm_prior(self.bundle.path(norm), dim, where)
-        rt = self.runtime_cfg
-        return RunningNorm(mean, std, rt.user_norm_prior_windows, rt.user_norm_memory_windows, adapt=rt.user_norm)
 
     def reset_user(self) -> None:
         """Forget the current person's statistics (every head back to the population's)."""

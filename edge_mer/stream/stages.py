@@ -34,7 +34,7 @@ from edge_mer.features.logmel import log_mel
 from edge_mer.modality import Modality
 from edge_mer.stream.sources import AudioChunk, BoundedQueue
 from edge_mer.stream.stats import Stats
-from edge_mer.stream.usernorm import RunningNorm, load_user_norm_prior
+from edge_mer.stream.usernorm import RunningNorm, user_norm_from_bundle
 from edge_mer.stream.windower import Window
 
 if TYPE_CHECKING:
@@ -486,10 +486,9 @@ class FeatureExtractor:
             where = f"bundle {bundle.root}: encoders.{m.value}.input_norm"
             if m is not Modality.AUDIO:
                 raise BundleError(f"{where}: per-user input normalisation is supported for audio (log-mel bins) only")
-            mean, std = load_user_norm_prior(bundle.path(norm), audio_cfg.n_mels, where)
-            rt = cfg.runtime
-            out.input_norms[m] = RunningNorm(mean, std, rt.user_norm_prior_windows, rt.user_norm_memory_windows, adapt=rt.user_norm)
-            log.info("encoder %s: input standardised per user (%s)", m.value, "adapting" if rt.user_norm else "population statistics")
+            out.input_norms[m] = user_norm_from_bundle(bundle, norm, audio_cfg.n_mels, where, cfg.runtime)
+            log.info("encoder %s: input standardised per user (%s)", m.value,
+                     "adapting" if cfg.runtime.user_norm else "population statistics")
         return out
 
     def __call__(self, window: Window) -> WindowFeatures:

@@ -88,6 +88,13 @@ class RunningNorm:
         return self.apply(x)
 
 
+def user_norm_from_bundle(bundle, entry: dict, expected_dim: int, where: str, runtime) -> RunningNorm:
+    """The RunningNorm of a bundle's ``input_norm`` entry (prior file checked), with the run's
+    ``runtime.user_norm*`` settings."""
+    mean, std = load_user_norm_prior(bundle.path(entry), expected_dim, where)
+    return RunningNorm(mean, std, runtime.user_norm_prior_windows, runtime.user_norm_memory_windows, adapt=runtime.user_norm)
+
+
 def load_user_norm_prior(path, expected_dim: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, std)`` of a bundle's per-user normalisation prior file (``mean`` and ``std``,
     [D] each). Raises a one-line BundleError naming ``where`` when the file is unusable."""
