@@ -17,8 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge_mer.config import load_config  # noqa: E402
-from training.protocol import RavdessFold, encoder_specs  # noqa: E402
-from training.train import ContrastiveModel  # noqa: E402
+from training.protocol import RavdessFold, random_encoders  # noqa: E402
 from training.datasets import load_cache_store, load_action_unit_vectors, actor_of  # noqa: E402
 from training.checkpoint import load_encoders  # noqa: E402
 from training.cache import open_cache  # noqa: E402
@@ -63,8 +62,7 @@ def cv(x, cs=(0.01, 0.1, 1.0)):
     mean, scale = _standardiser(x); xs = (x - mean) / scale
     folds = list(GroupKFold(4).split(xs, y, g))
     return {c: round(100 * float(np.mean([balanced_accuracy_score(y[te], _logistic(xs[tr_], y[tr_], c, 300).predict(xs[te])) for tr_, te in folds])), 1) for c in cs}
-torch.manual_seed(cfg.train.seed)
-rand = dict(ContrastiveModel(encoder_specs(cfg, ("audio",), {}), ("audio",), 8, 8).encoders)["audio"].eval()
+rand = random_encoders(cfg, ("audio",))["audio"].eval()
 pair = load_encoders(args.checkpoint)["audio"]
 stats = np.stack([np.concatenate([store.logmels[i].mean(1), store.logmels[i].std(1)]) for i in tr])
 print("stats", cv(stats), "spknorm", cv(spk_norm(stats, tr)), flush=True)

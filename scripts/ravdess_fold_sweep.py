@@ -27,8 +27,8 @@ from training.cache import open_cache  # noqa: E402
 from training.checkpoint import load_encoders  # noqa: E402
 from training.data.ravdess import EMOTIONS  # noqa: E402
 from training.datasets import actor_of, load_action_unit_vectors, load_cache_store, normalise_per_speaker  # noqa: E402
-from training.protocol import CPU, RavdessFold, logmel_stats, with_loss, with_train  # noqa: E402
-from training.train import ContrastiveModel, PretrainData, encoder_specs, pretrain  # noqa: E402
+from training.protocol import CPU, RavdessFold, logmel_stats, random_encoders, with_loss, with_train  # noqa: E402
+from training.train import PretrainData, pretrain  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ua = {name: round(fold.probe(name, tr, te)["ua"], 2) for name, (tr, te) in
           {"audio": (a_tr, a_te), "au": (u_tr, u_te), "audio+au": (np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]))}.items()}
     if args.baselines:
-        torch.manual_seed(cfg.train.seed)
-        rand = dict(ContrastiveModel(encoder_specs(cfg, ("audio",), {}), ("audio",), 8, 8).encoders)
-        r_tr, r_te = fold.feats(rand, ("audio",))
+        r_tr, r_te = fold.feats(random_encoders(cfg, ("audio",)), ("audio",))
         s_tr, s_te = logmel_stats(store, fold.train_ids), logmel_stats(store, fold.test_ids)
         au_tr = np.stack([store.vectors["au"][i] for i in fold.train_ids])
         au_te = np.stack([store.vectors["au"][i] for i in fold.test_ids])

@@ -74,6 +74,13 @@ def with_loss(cfg: Config, **changes: Any) -> Config:
     return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, **changes))
 
 
+def random_encoders(cfg: Config, streams: tuple[str, ...], vector_dims: dict[str, int] | None = None) -> dict[str, nn.Module]:
+    """The encoders of ``streams`` at random init, seeded by ``train.seed`` (the same weights a
+    pretraining run of that config starts from): condition (a) and its kin."""
+    torch.manual_seed(cfg.train.seed)
+    return dict(ContrastiveModel(encoder_specs(cfg, streams, vector_dims or {}), streams, 8, 8).encoders)
+
+
 # --------------------------------------------------------------------------- supervised (labels!)
 
 
@@ -175,17 +182,14 @@ def run_ravdess_fold(fold: RavdessFold, cfg: Config, runs: Path, fewshot_draws: 
     fold.probe_spk("floor_logmel_stats+au", np.hstack([stats_tr, au_tr]), np.hstack([stats_te, au_te]))
 
     # (a) random init: the same encoders, never trained.
-    torch.manual_seed(cfg.train.seed)
-    random_encoders = dict(ContrastiveModel(encoder_specs(cfg, ("audio",), {}), ("audio",), 8, 8).encoders)
-    fold.probe_spk("a_random_audio", *fold.feats(random_encoders, ("audio",)))
+    fold.probe_spk("a_random_audio", *fold.feats(random_encoders(cfg, ("audio",)), ("audio",)))
 
     data = PretrainData(store, tr, {"dataset": "ravdess", "fold": fold.fold, "test_actors": FOLDS[fold.fold]},
                         speakers={i: f"actor{actor_of(i):02d}" for i in tr})
     # (a') and (c') on the floor's own features: an MLP over the log-mel statistics, at random init
     # and pretrained pairwise against the AUs (label-free), probed like the TCN.
     cfg_s = with_loss(with_train(cfg, modalities=("stats", "au"), epochs=stats_epochs), pairs=("stats-au",))
-    torch.manual_seed(cfg.train.seed)
-    random_mlp = dict(ContrastiveModel(encoder_specs(cfg_s, ("stats",), {"stats": stats_tr.shape[1]}), ("stats",), 8, 8).encoders)
+    random_mlp = random_encoders(cfg_s, ("stats",), {"stats": stats_tr.shape[1]})
     random_mlp["stats"].set_input_stats(stats_tr)
     random_mlp["stats"].eval()
     fold.probe_spk("a_random_stats_mlp", *fold.feats(random_mlp, ("stats",)))
