@@ -38,7 +38,9 @@ Manifest fields (schema version 1):
   [sum of feature_dims]: the head was fitted on per-speaker standardised features, and the runtime
   standardises its input by running per-user statistics seeded with these population ones
   (:mod:`edge_mer.stream.usernorm`)
-- ``detectors`` (optional): ``{"mtcnn": {"pnet"|"rnet"|"onet": file entry}, "landmarks": file entry}``
+- ``detectors`` (optional): ``{"mtcnn": {"pnet"|"rnet"|"onet": file entry}, "landmarks": file entry,
+  "vad": file entry}``; ``vad`` is the Silero VAD ONNX model (speech per window, 8/16 kHz,
+  :mod:`edge_mer.stream.speech`)
 - ``engines`` (optional): TensorRT engines ``[{"target", "precision", "tensorrt_version",
   "device", ...file entry}]``; engines only run on the device they were built for
 - ``provenance``: ``{"data", "protocol", "commit", "metrics", "license", ...}``
@@ -287,6 +289,12 @@ def validate_manifest(manifest: Any, name: str) -> None:
         if not isinstance(head, dict) or "file" not in head:
             raise BundleError(f"bundle {name}: heads.{key} has no 'file'")
         _check_input_norm(head.get("input_norm"), f"bundle {name}: heads.{key}.input_norm")
+    detectors = manifest.get("detectors", {})
+    if not isinstance(detectors, dict):
+        raise BundleError(f"bundle {name}: 'detectors' must be an object, got {type(detectors).__name__}")
+    vad = detectors.get("vad")
+    if vad is not None and not (isinstance(vad, dict) and isinstance(vad.get("file"), str)):
+        raise BundleError(f"bundle {name}: detectors.vad must be a file entry ({{\"file\": ..., \"sha256\": ...}})")
     for key in ("window_s", "hop_s"):
         if not isinstance(manifest["window"].get(key), (int, float)):
             raise BundleError(f"bundle {name}: window.{key} must be a number")

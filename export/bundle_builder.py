@@ -2,10 +2,11 @@
 
 :func:`build_bundle` exports every encoder to fp32 ONNX and checks it against PyTorch on real
 inputs, writes the requested reduced-precision variants (static QDQ INT8 calibrated on real
-inputs, or dynamic INT8; FP16), writes the heads, optionally the MTCNN detectors and the text
-tokenizer, and finally the manifest. Everything is written into a temporary directory that
-replaces the target only when complete (:func:`edge_mer.io.atomic_dir`), and the result is loaded
-back with :meth:`edge_mer.bundle.Bundle.load` (checksums verified).
+inputs, or dynamic INT8; FP16), writes the heads, optionally the MTCNN detectors, the Silero VAD
+(copied from the silero-vad package) and the text tokenizer, and finally the manifest. Everything
+is written into a temporary directory that replaces the target only when complete
+(:func:`edge_mer.io.atomic_dir`), and the result is loaded back with
+:meth:`edge_mer.bundle.Bundle.load` (checksums verified).
 
 >>> bundle, report = build_bundle("models/default", spec)   # doctest: +SKIP
 """
@@ -29,6 +30,7 @@ import torch
 from edge_mer import __version__
 from edge_mer.bundle import SCHEMA_VERSION, Bundle, file_entry, subset_key, write_manifest
 from edge_mer.config import Config, save_config
+from edge_mer.errors import BundleError
 from edge_mer.io import atomic_dir, atomic_open
 from edge_mer.modality import Modality
 from export.heads import LinearProbe, write_head
@@ -90,6 +92,7 @@ class BundleSpec:
     config: Config
     provenance: dict[str, Any]
     include_mtcnn: bool = True
+    include_vad: bool = True  # Silero VAD (speech detection), copied from the silero-vad package
 
 
 def git_commit() -> str:
@@ -190,6 +193,43 @@ def _write_detectors(root: Path, cfg: Config) -> dict:
                       for name, (path, _) in nets.items()}}
 
 
+VAD_FILE = "detectors/silero_vad.onnx"
+VAD_LICENCE = ("Silero VAD (speech detection)", "MIT")
+
+
+def silero_vad_file() -> Path:
+    """Silero VAD's ONNX model (8 and 16 kHz) inside the installed silero-vad package (found
+    without importing the package, which imports torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise BundleError("the bundle's speech detector comes from the silero-vad package, which is not installed: "
+                          "pip install silero-vad")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "silero_vad.onnx"
+    if not path.is_file():
+        raise BundleError(f"{path}: missing from the installed silero-vad package; reinstall it (pip install --force-reinstall silero-vad)")
+    return path
+
+
+def write_vad(root: Path) -> dict:
+    """Copy Silero VAD into ``root/detectors/silero_vad.onnx``; its file entry."""
+    import importlib.metadata
+
+    src = silero_vad_file()
+    (root / "detectors").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, root / VAD_FILE)
+    io = io_entries(root / VAD_FILE)
+    for value in io["inputs"] + io["outputs"]:  # dims ONNX leaves unnamed read as 0: say "dynamic"
+        value["shape"] = [d if d else "dynamic" for d in value["shape"]]
+    try:
+        version = importlib.metadata.version("silero-vad")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return file_entry(root, VAD_FILE, type="silero_vad", precision="fp32", sample_rates_hz=[16000, 8000],
+                      source=f"silero-vad {version} (PyPI; MIT, Silero Team)", **io)
+
+
 def build_bundle(out_dir: str | os.PathLike, spec: BundleSpec, overwrite: bool = False) -> tuple[Bundle, dict]:
     """Write the bundle atomically into ``out_dir`` and return it (loaded back) with the checks
     made on the way (parity errors, INT8/FP16 cosine, sizes)."""
@@ -213,8 +253,13 @@ def build_bundle(out_dir: str | os.PathLike, spec: BundleSpec, overwrite: bool =
             "heads": _write_heads(spec, root, dims),
             "provenance": {"commit": git_commit(), **spec.provenance, "export_checks": report},
         }
-        if spec.include_mtcnn:
-            manifest["detectors"] = _write_detectors(root, spec.config)
+        detectors = _write_detectors(root, spec.config) if spec.include_mtcnn else {}
+        if spec.include_vad:
+            detectors["vad"] = write_vad(root)
+            prov = manifest["provenance"]
+            prov["licenses"] = {**prov.get("licenses", {}), VAD_LICENCE[0]: VAD_LICENCE[1]}
+        if detectors:
+            manifest["detectors"] = detectors
         save_config(spec.config, root, "export_config.toml")
         write_manifest(root, manifest)
     bundle = Bundle.load(out_dir)

@@ -73,6 +73,7 @@ LICENCES = {
     "MELD transcripts (text head)": "GPL-3.0 (MELD repository licence)",
     "all-MiniLM-L6-v2 (text backbone)": "Apache-2.0",
     "MTCNN weights (facenet-pytorch)": "MIT",
+    "Silero VAD (speech detection)": "MIT",
 }
 
 

@@ -2,14 +2,16 @@
 
 - faces: MTCNN every ``face.detect_every_n`` analysed frames, the box tracked in between; square
   crops (as preprocessing cuts them) for the face encoder; dlib 68-point landmarks inside the box;
-- audio: the numpy log-mel of the window (the very features training computed with torchaudio);
+- audio: the numpy log-mel of the window (the very features training computed with torchaudio),
+  for windows above the silence floor in which the bundle's speech detector (Silero VAD,
+  ``runtime.vad``) finds speech (:mod:`edge_mer.stream.speech`);
 - text: Vosk words whose times fall in the window (plus ``text.context_s`` before it), tokenised
   with the bundle's tokenizer;
 - encoders: one :class:`~edge_mer.backends.base.Model` per modality (ONNX Runtime, or a TensorRT
   engine when the bundle has one built for this device).
 
-A modality that a window lacks (no face in view, silence, no words, no Vosk model) is left out of
-the result, with the reason in ``absent``; it is never a zero tensor.
+A modality that a window lacks (no face in view, silence or no speech, no words, no Vosk model) is
+left out of the result, with the reason in ``absent``; it is never a zero tensor.
 
 >>> extractor = FeatureExtractor.from_bundle(bundle, cfg, None, Stats(), has_video=True, has_audio=True)  # doctest: +SKIP
 >>> out = extractor(window)                                                       # doctest: +SKIP
@@ -40,6 +42,7 @@ from edge_mer.stream.windower import Window
 if TYPE_CHECKING:
     from edge_mer.backends.base import Model
     from edge_mer.bundle import Bundle
+    from edge_mer.stream.speech import SpeechStream
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +412,10 @@ class FeatureExtractor:
         # Encoders pretrained on per-speaker standardised inputs: their input's running per-user
         # statistics (log-mel bins for audio), see edge_mer.stream.usernorm.
         self.input_norms: dict[Modality, RunningNorm] = {}
+        # Speech detection (runtime.vad and the bundle's detectors.vad): this session's detector
+        # stream, and the fraction of a window's frames that must be speech for its audio to count.
+        self.speech: "SpeechStream | None" = None
+        self.vad_min_fraction = 0.0
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", cfg: Config, vosk_model_dir: str | None, stats: Stats,
@@ -479,6 +486,9 @@ class FeatureExtractor:
         for m, why in absent.items():
             log.warning("%s modality off for this run: %s", m, why)
         out = cls(mods, encoders, audio_cfg, face_cfg, lm_cfg, face_stage, text_stage, absent, stats)
+        if Modality.AUDIO in encoders:
+            out.speech = _speech_stream(bundle, cfg.runtime, audio_cfg.sample_rate_hz)
+            out.vad_min_fraction = cfg.runtime.vad_min_speech_fraction
         for m in encoders:
             norm = bundle.encoder(m).get("input_norm")
             if norm is None:
@@ -543,6 +553,14 @@ class FeatureExtractor:
         if rms <= 0 or 20 * np.log10(rms) < SILENCE_RMS_DBFS:
             out.absent["audio"] = "silence"
             return
+        if self.speech is not None:
+            # Noise, music, breathing: no speech, no emotion read from it (and the per-user input
+            # statistics, updated in the log-mel step below, never see it).
+            with self.stats.time("vad"):
+                fraction = self.speech(audio, int(round(window.t_start_s * self.speech.sample_rate_hz)))
+            if fraction < self.vad_min_fraction:
+                out.absent["audio"] = "no speech"
+                return
         with self.stats.time("logmel"):
             mel = log_mel(audio, self.audio_cfg)
             if Modality.AUDIO in self.input_norms:
@@ -576,6 +594,33 @@ class FeatureExtractor:
 
     def drops(self) -> dict[str, int]:
         return {"asr_chunks": self.text_stage.queue.dropped} if self.text_stage is not None else {}
+
+
+def _speech_stream(bundle: "Bundle", runtime: RuntimeCfg, sample_rate_hz: int) -> "SpeechStream | None":
+    """The session's speech detector stream, or None (``runtime.vad`` off, or a bundle without
+    ``detectors.vad``: then only the silence floor drops windows, logged once)."""
+    if not runtime.vad:
+        log.info("speech detection off (runtime.vad = false): only silent windows lose their audio")
+        return None
+    if not 0.0 < runtime.vad_threshold < 1.0:
+        raise ConfigError(f"runtime.vad_threshold must be a probability between 0 and 1 (exclusive), got {runtime.vad_threshold}")
+    if not 0.0 <= runtime.vad_min_speech_fraction <= 1.0:
+        raise ConfigError(f"runtime.vad_min_speech_fraction must be between 0 and 1, got {runtime.vad_min_speech_fraction}")
+    entry = bundle.manifest.get("detectors", {}).get("vad")
+    if entry is None:
+        # Info, not a warning: bundles made before the detector existed are still good bundles.
+        log.info("bundle %s has no speech detector (detectors.vad): only silent windows lose their audio, "
+                 "noise and music are read as speech", bundle.name)
+        return None
+    from edge_mer.stream.speech import SpeechDetector
+
+    try:
+        stream = SpeechDetector.from_file(bundle.path(entry), runtime).create_stream(sample_rate_hz, runtime.vad_threshold)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; set runtime.vad=false to run without speech detection") from None
+    log.info("speech detection: %s (frame threshold %g, speech in >= %g of a window)", entry["file"],
+             runtime.vad_threshold, runtime.vad_min_speech_fraction)
+    return stream
 
 
 def _landmark_predictor(bundle: "Bundle", absent: dict[str, str]):
