@@ -170,12 +170,18 @@ class RuntimeCfg:
     user_norm: bool = True
     user_norm_prior_windows: int = 20  # weight of the population statistics, in windows
     user_norm_memory_windows: int = 1200  # the running statistics forget over about this many windows
+    # Heads with a population head (cold start) blend it with the per-user head: weight n / (n + k)
+    # on the per-user head after n windows of the person; k in windows, 0 = per-user head only.
+    population_blend_windows: int = 20
     queue_size: int = 64  # bounded queue length between stages (items)
     drop_policy: str = "oldest"  # "oldest" or "newest": which item a full queue drops
     source_retry_s: float = 5.0  # how long a dead live source is retried before giving up
     websocket_host: str = "127.0.0.1"  # WebSocket sink bind address
     websocket_port: int = 8765  # WebSocket sink port
     emit_text: bool = False  # include the transcript in events (privacy: off by default)
+    vad: bool = True  # drop windows with no speech (Silero VAD, when the bundle has detectors.vad)
+    vad_threshold: float = 0.5  # speech probability (0 to 1) at which a 32 ms frame counts as speech
+    vad_min_speech_fraction: float = 0.2  # fraction (0 to 1) of a window's frames that must be speech
 
 
 @dataclass(frozen=True)

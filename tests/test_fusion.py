@@ -87,12 +87,23 @@ def test_event_schema_and_text_only_on_request():
     event = make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=False)
     assert event == {
         "window": 3, "t_start": 1.5, "t_end": 3.5, "label": "happy", "probs": {"calm": 0.2, "happy": 0.8},
-        "modalities": ["audio"], "per_modality": {"audio": {"calm": 0.25, "happy": 0.75}},
+        "probs_raw": {"calm": 0.25, "happy": 0.75}, "modalities": ["audio"], "per_modality": {"audio": {"calm": 0.25, "happy": 0.75}},
         "absent": {"text": "no words"}, "faces": 1, "latency_ms": None,
     }
     assert make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=True)["text"] == "secret words"
     empty = make_event(window, wf, Prediction(None, ()), None, ["calm", "happy"], emit_text=False)
-    assert empty["label"] is None and empty["probs"] == {} and empty["modalities"] == []
+    assert empty["label"] is None and empty["probs"] == {} and empty["probs_raw"] == {} and empty["modalities"] == []
+    wf.features = {Modality.AUDIO: np.array([[0.5, -1.0]], np.float32)}
+    with_features = make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=False, emit_features=True)
+    assert with_features["features"] == {"audio": [0.5, -1.0]}
+    assert "features" not in event
+
+
+def test_smoother_restarts_after_a_gap():
+    sm = Smoother(tau_s=10.0)
+    sm.update(0.0, np.array([1.0, 0.0]))
+    sm.reset()  # a window without prediction (no speech) came between
+    np.testing.assert_allclose(sm.update(0.5, np.array([0.0, 1.0])), [0.0, 1.0])
 
 
 def test_landmark_normalisation_drops_the_jaw_and_scales_per_window():

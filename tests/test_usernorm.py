@@ -210,3 +210,47 @@ def test_an_input_prior_of_the_wrong_size_is_refused(tmp_path):
     root = make_bundle(tmp_path / "b", ["audio"], [["audio"]], input_norm={"audio": (np.zeros(7), np.ones(7))})
     with pytest.raises(BundleError, match=r"encoders\.audio\.input_norm.*reads 128 features"):
         FeatureExtractor.from_bundle(Bundle.load(root), Config(), None, Stats(), has_video=False, has_audio=True)
+
+
+def _with_population_head(root):
+    from run_fixtures import LABELS, _save, head_model
+
+    from edge_mer.bundle import file_entry
+
+    _save(head_model(DIM, len(LABELS), seed=999), root / "heads" / "audio.population.onnx")
+    _rewrite(root, lambda m: m["heads"]["audio"].update(population=file_entry(root, "heads/audio.population.onnx",
+                                                                              type="softmax_linear")))
+    return Bundle.load(root)
+
+
+def test_a_population_head_reads_a_new_person_and_hands_over_as_they_settle(tmp_path):
+    rng = np.random.default_rng(11)
+    mean, std = rng.normal(size=DIM), rng.uniform(0.5, 1.5, size=DIM)
+    b = _with_population_head(make_bundle(tmp_path / "b", ["audio"], [["audio"]], user_norm={"audio": (mean, std)}))
+    k, prior = 6, 4
+    fusion = Fusion.from_bundle(b, RuntimeCfg(threads=1, user_norm_prior_windows=prior, user_norm_memory_windows=100,
+                                              population_blend_windows=k))
+    pop_head, user_head = fusion._population["audio"], fusion._head("audio")
+    norm = RunningNorm(mean, std, prior, 100)
+    for n, x in enumerate(rng.normal(loc=1.0, size=(5, DIM)).astype(np.float32), start=1):
+        pred = fusion.predict({A: x[None]})
+        x_user = norm(x[None])
+        x_pop = ((x[None] - mean) / np.sqrt(std.astype(np.float32).astype(float) ** 2 + 1e-6)).astype(np.float32)
+        p_user = user_head.run({"features": x_user})["probs"][0]
+        p_pop = pop_head.run({"features": x_pop})["probs"][0]
+        w = n / (n + k)  # the per-user head's weight after n windows of this person
+        np.testing.assert_allclose(pred.probs, w * p_user / p_user.sum() + (1 - w) * p_pop / p_pop.sum(), atol=1e-5)
+    # runtime.user_norm = false: the population head alone, whatever was seen
+    fixed = Fusion.from_bundle(b, RuntimeCfg(threads=1, user_norm=False))
+    x = rng.normal(size=(1, DIM)).astype(np.float32)
+    x_pop = ((x - mean) / np.sqrt(std.astype(np.float32).astype(float) ** 2 + 1e-6)).astype(np.float32)
+    p_pop = fixed._population["audio"].run({"features": x_pop})["probs"][0]
+    np.testing.assert_allclose(fixed.predict({A: x}).probs, p_pop / p_pop.sum(), atol=1e-5)
+
+
+def test_a_population_head_with_a_bad_checksum_is_refused(tmp_path):
+    root = make_bundle(tmp_path / "b", ["audio"], [["audio"]], user_norm={"audio": (np.zeros(DIM), np.ones(DIM))})
+    _with_population_head(root)
+    (root / "heads" / "audio.population.onnx").write_bytes(b"not a model")
+    with pytest.raises(BundleError, match="population"):
+        Bundle.load(root)

@@ -74,6 +74,9 @@ def add_run_parser(subparsers, add_config_args: Callable[[argparse.ArgumentParse
     out.add_argument("--ws", metavar="[HOST:]PORT", help="also serve events over WebSocket (default host 127.0.0.1)")
     out.add_argument("--display", action="store_true", help="show an OpenCV window (needs a GUI OpenCV)")
     out.add_argument("--emit-text", action="store_true", help="include the transcript in events (off: privacy)")
+    out.add_argument("--emit-features", action="store_true",
+                     help="include each modality's encoder feature vector in events (for your own heads, and the "
+                          "train/serve parity check)")
     out.add_argument("--record", metavar="DIR", help="also save the frames and audio read into DIR (off: privacy)")
     out.add_argument("--stats", action="store_true", help="print per-stage latency, FPS, RTF and drops at exit")
     add_config_args(p)
@@ -95,6 +98,8 @@ def _check_args(args: argparse.Namespace, runtime: RuntimeCfg) -> None:
         raise EdgeMerError(f"runtime.drop_policy must be one of {', '.join(DROP_POLICIES)}, got {runtime.drop_policy!r}")
     if runtime.smoothing_tau_s < 0:
         raise EdgeMerError(f"runtime.smoothing_tau_s must be >= 0 seconds, got {runtime.smoothing_tau_s}")
+    if runtime.population_blend_windows < 0:
+        raise EdgeMerError(f"runtime.population_blend_windows must be >= 0 windows, got {runtime.population_blend_windows}")
     if runtime.queue_size < 1:
         raise EdgeMerError(f"runtime.queue_size must be at least 1, got {runtime.queue_size}")
 
@@ -304,7 +309,8 @@ def _run(args: argparse.Namespace) -> int:
                 if window is _END:
                     break
                 dequeued_s = time.monotonic()
-                event, feats = _process(window, extractor, fusion, smoother, bundle.labels, emit_text, make_event, stats)
+                event, feats = _process(window, extractor, fusion, smoother, bundle.labels, emit_text, make_event, stats,
+                                        args.emit_features)
                 # Live and real-speed sources: from the moment the window's end was captured.
                 # --fast replay has no capture clock: from the moment processing began.
                 end_wall = source.clock_origin_s + window.t_end_s if source.clock_origin_s is not None else dequeued_s
@@ -355,7 +361,8 @@ def _run(args: argparse.Namespace) -> int:
             print(stats.report(), file=sys.stderr)
 
 
-def _process(window: Window, extractor, fusion, smoother, labels, emit_text, make_event, stats: Stats):
+def _process(window: Window, extractor, fusion, smoother, labels, emit_text, make_event, stats: Stats,
+             emit_features: bool = False):
     """One window through the stages and the fusion -> (event, the window's features)."""
     stats.count("windows")
     with stats.time("features"):
@@ -365,5 +372,9 @@ def _process(window: Window, extractor, fusion, smoother, labels, emit_text, mak
     for m in feats.features:
         if m.value not in pred.modalities:
             feats.absent[m.value] = "no head in the bundle reads it"
-    smoothed = smoother.update(window.t_end_s, pred.probs) if pred.probs is not None else None
-    return make_event(window, feats, pred, smoothed, labels, emit_text), feats
+    if pred.probs is None:
+        smoother.reset()  # no speech / no face: the next utterance is not smoothed into this one
+        smoothed = None
+    else:
+        smoothed = smoother.update(window.t_end_s, pred.probs)
+    return make_event(window, feats, pred, smoothed, labels, emit_text, emit_features), feats

@@ -9,8 +9,18 @@ A head whose manifest entry has ``input_norm`` (``{"type": "per_user", "file": p
 fitted on per-speaker standardised features; its input goes through a
 :class:`~edge_mer.stream.usernorm.RunningNorm` first (``runtime.user_norm``).
 
+A new person, from the first window: such a head may also carry a ``population`` head, fitted on
+the same features standardised by the population statistics only (what the person's running
+statistics are before they have said anything). The two are blended in probability,
+``p = w p_user + (1 - w) p_population`` with ``w = n / (n + runtime.population_blend_windows)``
+and ``n`` the windows of this person seen so far, so the first seconds of a person are read by a
+head made for them and the per-user head takes over as their statistics settle. With
+``runtime.user_norm = false`` the population head alone reads the window.
+
 Smoothing is exponential over window ends: ``p <- p + (1 - exp(-dt / tau)) (p_new - p)``, so the
-time constant ``runtime.smoothing_tau_s`` means the same whatever the hop; ``tau = 0`` is off.
+time constant ``runtime.smoothing_tau_s`` means the same whatever the hop; ``tau = 0`` is off. A
+window with no prediction (no speech, no face) ends the smoothing: the next utterance starts fresh
+instead of inheriting the last one's emotion.
 
 >>> fusion = Fusion.from_bundle(bundle, RuntimeCfg())                 # doctest: +SKIP
 >>> pred = fusion.predict({Modality.AUDIO: feature})                  # doctest: +SKIP
@@ -61,6 +71,7 @@ class Fusion:
         self.labels = bundle.labels
         self._heads: dict[str, "Model"] = {}
         self._norms: dict[str, RunningNorm] = {}
+        self._population: dict[str, "Model"] = {}  # per-user heads' population heads (cold start)
         self._warned: set[str] = set()
 
     @classmethod
@@ -83,6 +94,9 @@ class Fusion:
                 dim = sum(int(self.bundle.encoder(m)["feature_dim"]) for m in entry.get("modalities", key.split("+")))
                 self._norms[key] = user_norm_from_bundle(self.bundle, entry["input_norm"], dim,
                                                          f"bundle {self.bundle.root}: heads.{key}.input_norm", self.runtime_cfg)
+                if "population" in entry:
+                    self._population[key] = load_model(self.bundle, entry["population"], f"heads.{key}.population",
+                                                       self.runtime_cfg)
         return self._heads[key]
 
     def reset_user(self) -> None:
@@ -98,8 +112,27 @@ class Fusion:
         order = [m for m in Modality if m in features]
         x = np.concatenate([features[m].reshape(1, -1) for m in order], axis=1).astype(np.float32)
         head = self._head(key)
-        if key in self._norms:
-            x = self._norms[key](x)
+        norm = self._norms.get(key)
+        if norm is None:
+            return self._probs(head, x)
+        x_user = norm(x)  # updates the person's statistics (when adapting), then standardises
+        population = self._population.get(key)
+        if population is None:
+            return self._probs(head, x_user)
+        w = self.user_weight(norm)
+        p_pop = self._probs(population, norm.apply_prior(x))
+        return p_pop if w == 0.0 else w * self._probs(head, x_user) + (1.0 - w) * p_pop
+
+    def user_weight(self, norm: RunningNorm) -> float:
+        """Weight of the per-user head: ``n / (n + k)`` for ``n`` windows of this person, ``k =
+        runtime.population_blend_windows`` (0 = per-user head only); 0 when not adapting."""
+        if not norm.adapt:
+            return 0.0
+        k = self.runtime_cfg.population_blend_windows
+        n = norm.windows - norm.prior_windows
+        return 1.0 if k == 0 else n / (n + k)
+
+    def _probs(self, head: "Model", x: np.ndarray) -> np.ndarray:
         probs = head.run({"features": x})["probs"][0].astype(np.float64)
         probs = np.clip(probs, 0.0, None)
         return probs / probs.sum() if probs.sum() > 0 else np.full(len(self.labels), 1.0 / len(self.labels))
@@ -145,6 +178,10 @@ class Smoother:
         self._state: np.ndarray | None = None
         self._t: float | None = None
 
+    def reset(self) -> None:
+        """A gap in the predictions (no speech, no face): the next window starts afresh."""
+        self._state, self._t = None, None
+
     def update(self, t_s: float, probs: np.ndarray) -> np.ndarray:
         if self._state is None or self.tau_s == 0 or self._t is None:
             self._state = probs.copy()
@@ -157,8 +194,10 @@ class Smoother:
 
 
 def make_event(window: "Window", feats: "WindowFeatures", pred: Prediction, smoothed: np.ndarray | None,
-               labels: list[str], emit_text: bool) -> dict:
-    """The event a sink receives (``latency_ms`` is filled in by the caller at emission)."""
+               labels: list[str], emit_text: bool, emit_features: bool = False) -> dict:
+    """The event a sink receives (``latency_ms`` is filled in by the caller at emission).
+    ``probs`` are smoothed over time, ``probs_raw`` the window's own fused probabilities;
+    ``emit_features`` adds each modality's encoder feature (``features``, lists of floats)."""
     def as_dict(p: np.ndarray) -> dict[str, float]:
         return {label: round(float(v), 6) for label, v in zip(labels, p)}
 
@@ -168,6 +207,7 @@ def make_event(window: "Window", feats: "WindowFeatures", pred: Prediction, smoo
         "t_end": round(window.t_end_s, 3),
         "label": labels[int(np.argmax(smoothed))] if smoothed is not None else None,
         "probs": as_dict(smoothed) if smoothed is not None else {},
+        "probs_raw": as_dict(pred.probs) if pred.probs is not None else {},
         "modalities": list(pred.modalities),
         "per_modality": {m: as_dict(p) for m, p in pred.per_modality.items()},
         "absent": dict(sorted(feats.absent.items())),
@@ -176,4 +216,6 @@ def make_event(window: "Window", feats: "WindowFeatures", pred: Prediction, smoo
     }
     if emit_text:
         event["text"] = feats.text
+    if emit_features:
+        event["features"] = {m.value: [float(v) for v in f.reshape(-1)] for m, f in feats.features.items()}
     return event

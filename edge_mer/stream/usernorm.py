@@ -81,6 +81,10 @@ class RunningNorm:
         """``(x - mean) / std`` with the current statistics, float32."""
         return ((np.asarray(x, dtype=np.float64) - self.mean) / np.sqrt(self.var + _EPS)).astype(np.float32)
 
+    def apply_prior(self, x: np.ndarray) -> np.ndarray:
+        """``x`` standardised by the population statistics alone (whatever this person's are)."""
+        return ((np.asarray(x, dtype=np.float64) - self.prior_mean) / np.sqrt(self.prior_var + _EPS)).astype(np.float32)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Update with ``x`` (when adapting), then standardise it."""
         if self.adapt:
