@@ -87,10 +87,17 @@ class DatasetReader(abc.ABC):
 
 def sorted_media_files(root: str | os.PathLike, exts: tuple[str, ...] = MEDIA_EXTS) -> list[Path]:
     """All files under ``root`` with one of ``exts`` (case-insensitive), in a stable sorted order.
-    Hidden files and our own temporary files are ignored."""
+    Hidden files and our own temporary files are ignored. Symlinked folders are followed (a data
+    tree assembled from links is common), each real folder once, so a link loop cannot recurse."""
     root = Path(root)
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fn in filenames:
             if fn.startswith("."):

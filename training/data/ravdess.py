@@ -180,7 +180,12 @@ class RavdessReader(DatasetReader):
 
     def clips(self) -> Iterator[Clip]:
         self.failures = []
-        for path in sorted_media_files(self.root):
+        paths = sorted_media_files(self.root)
+        if not paths:
+            from edge_mer.errors import MediaError
+
+            raise MediaError(f"{self.root}: no RAVDESS media files (.wav/.flac/.mp4...) found under it")
+        for path in paths:
             try:
                 name = parse_ravdess_name(path.name)
             except ValueError as exc:
