@@ -58,6 +58,7 @@ RELEASE_CONFIG = REPO_ROOT / "configs" / "ravdess_audio_au.toml"
 MAX_UA_DROP = 1.0  # points of out-of-fold UA INT8 may lose against fp32 and still ship as default
 CS = (0.01, 0.1, 1.0)  # inverse L2 strengths tried by actor-grouped cross-validation
 MIN_OVERLAP_S = 1.0  # a window is a training example of the clip it overlaps by at least this much
+_ABSENT_LOGIT = -30.0  # out-of-fold logit of a class the fold's training part never saw
 
 
 @dataclass
@@ -288,11 +289,16 @@ def _grouped_folds(groups: np.ndarray, k: int = 4) -> list[tuple[np.ndarray, np.
 
 
 def out_of_fold_logits(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float, classes: Sequence[str]) -> np.ndarray:
-    out = np.zeros((len(x), len(classes)))
+    out = np.full((len(x), len(classes)), _ABSENT_LOGIT)
     for tr, te in _grouped_folds(groups):
         model = _fit(x[tr], y[tr], c)
-        cols = [list(model[2].classes_).index(k) for k in classes]
-        out[te] = _logits(model, x[te])[:, cols]
+        fitted = list(model[2].classes_)
+        z = _logits(model, x[te]).reshape(len(te), -1)
+        if len(fitted) == 2:  # binary scikit-learn models keep one logit for the second class
+            z = np.concatenate([-z / 2, z / 2], axis=1)
+        for j, k in enumerate(classes):
+            if k in fitted:  # a class no training fold saw keeps a very low logit
+                out[te, j] = z[:, fitted.index(k)]
     return out
 
 
@@ -319,6 +325,9 @@ def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[LinearPr
     y_idx = np.array([classes.index(v) for v in y])
     t = fit_temperature(oof[c], y_idx)
     mean, scale, clf = _fit(x, y, c)
+    missing = [k for k in classes if k not in clf.classes_]
+    if missing or len(clf.classes_) < 3:
+        raise EdgeMerError(f"the training windows lack the classes {missing or list(clf.classes_)}: every label needs examples")
     cols = [list(clf.classes_).index(k) for k in classes]
     probe = LinearProbe(mean.astype(np.float32), scale.astype(np.float32), (clf.coef_.T[:, cols] / t).astype(np.float32),
                         (clf.intercept_[cols] / t).astype(np.float32), tuple(classes))

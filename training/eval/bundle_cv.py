@@ -44,7 +44,7 @@ import numpy as np
 from edge_mer.errors import EdgeMerError
 from edge_mer.io import atomic_write_bytes, atomic_write_text
 from training.eval.metrics import accuracy, confusion, expected_calibration_error, mean_std, unweighted_accuracy
-from training.eval.recordings import LABELS, LabelledClip, Recording, Span, ravdess_speech_clips, speaker_recording
+from training.eval.recordings import LABELS, LabelledClip, Span, ravdess_speech_clips, speaker_recording
 from training.eval.scoring import clip_predictions, window_labels
 
 log = logging.getLogger("training.eval.bundle_cv")

@@ -73,15 +73,21 @@ def ravdess_speech_clips(data: str | os.PathLike, actors: Sequence[int] | None =
     if not out:
         raise EdgeMerError(f"{root}: no RAVDESS speech clips for actors {list(actors) if actors else 'any'}")
     if per_actor > 0:
-        out = [c for a in sorted({c.speaker for c in out}) for c in _round_robin([c for c in out if c.speaker == a], per_actor)]
+        out = [c for a in sorted({c.speaker for c in out})
+               for c in _round_robin([c for c in out if c.speaker == a], per_actor, shift=a)]
     return out
 
 
-def _round_robin(clips: list[LabelledClip], n: int) -> list[LabelledClip]:
+def _round_robin(clips: list[LabelledClip], n: int, shift: int = 0) -> list[LabelledClip]:
+    """``n`` clips, one emotion after another (starting ``shift`` emotions in, so that a few
+    clips per actor still cover every emotion across actors)."""
     by_label: dict[str, list[LabelledClip]] = {}
     for c in sorted(clips, key=lambda c: c.clip_id):
         by_label.setdefault(c.label, []).append(c)
     queues = [by_label[k] for k in LABELS if k in by_label]
+    if queues:
+        shift %= len(queues)
+        queues = queues[shift:] + queues[:shift]
     picked: list[LabelledClip] = []
     depth = 0
     while len(picked) < n and any(depth < len(q) for q in queues):
