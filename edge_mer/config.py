@@ -44,6 +44,10 @@ class AudioCfg:
     f_max_hz: float = 8000.0  # highest mel filter edge (Nyquist at 16 kHz)
     log_offset: float = 1e-6  # log(mel power + offset), keeps silence finite
     power: float = 2.0  # 2.0 = power spectrogram, 1.0 = magnitude
+    # "logmel": log(mel power + log_offset) with the settings above (edge_mer.features.logmel);
+    # "whisper": Whisper's front end (16 kHz, 400-point FFT, 80 Slaney bins, log10, clamped to 8
+    # below the window's maximum, (x + 4) / 4; edge_mer.features.whisper_mel), for Whisper trunks.
+    frontend: str = "logmel"
 
 
 @dataclass(frozen=True)

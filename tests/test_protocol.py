@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.protocol import FOLDS, RavdessFold, markdown_table, summarise
+from training.eval.protocol import FOLDS, RavdessFold, markdown_table, summarise
 from training.datasets import ClipStore, actor_of
 
 from conftest import shared_data
@@ -66,7 +66,7 @@ def test_mosi_feature_triples_are_aligned():
 
 @pytest.mark.slow
 def test_mosi_protocol_end_to_end(tmp_path):
-    from training.protocol import main
+    from training.eval.protocol import main
 
     root = shared_data("cmu-mosi", "data")
     rc = main(["mosi", "--mosi", str(root), "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), "--seeds", "0",

@@ -13,7 +13,7 @@ from edge_mer.config import load_config
 from training import checkpoint as ckpt
 from training.cache import Cache
 from training.datasets import ClipStore, ContrastiveDataset, CropSpec, check_label_free, collate_streams
-from training.probe import fit_linear_probe
+from training.eval.probe import fit_linear_probe
 from training.train import PretrainData, main, pretrain
 
 from train_fixtures import make_cache, small_overrides

@@ -33,6 +33,7 @@ from edge_mer.config import AudioCfg, Config, FaceCfg, LandmarksCfg, RuntimeCfg,
 from edge_mer.errors import BundleError, ConfigError, EdgeMerError
 from edge_mer.face.landmarks import drop_jaw, normalise_minmax
 from edge_mer.features.logmel import log_mel
+from edge_mer.features.whisper_mel import whisper_log_mel
 from edge_mer.modality import Modality
 from edge_mer.stream.sources import AudioChunk, BoundedQueue
 from edge_mer.stream.stats import Stats
@@ -485,6 +486,8 @@ class FeatureExtractor:
             log.info("encoder %s: %s (%s)", m.value, entry["file"], precision)
         for m, why in absent.items():
             log.warning("%s modality off for this run: %s", m, why)
+        if Modality.AUDIO in mods:
+            check_audio_frontend(audio_cfg, f"bundle {bundle.root}: features.audio")
         out = cls(mods, encoders, audio_cfg, face_cfg, lm_cfg, face_stage, text_stage, absent, stats)
         if Modality.AUDIO in encoders:
             out.speech = _speech_stream(bundle, cfg.runtime, audio_cfg.sample_rate_hz)
@@ -562,7 +565,7 @@ class FeatureExtractor:
                 out.absent["audio"] = "no speech"
                 return
         with self.stats.time("logmel"):
-            mel = log_mel(audio, self.audio_cfg)
+            mel = whisper_log_mel(audio) if self.audio_cfg.frontend == "whisper" else log_mel(audio, self.audio_cfg)
             if Modality.AUDIO in self.input_norms:
                 # The window's frames update the person's per-bin statistics as one window.
                 mel = self.input_norms[Modality.AUDIO](mel.T).T
@@ -621,6 +624,15 @@ def _speech_stream(bundle: "Bundle", runtime: RuntimeCfg, sample_rate_hz: int) -
     log.info("speech detection: %s (frame threshold %g, speech in >= %g of a window)", entry["file"],
              runtime.vad_threshold, runtime.vad_min_speech_fraction)
     return stream
+
+
+def check_audio_frontend(cfg: AudioCfg, where: str) -> None:
+    """One line naming the problem when the audio front end cannot serve the encoder."""
+    if cfg.frontend not in ("logmel", "whisper"):
+        raise BundleError(f"{where}: frontend must be 'logmel' or 'whisper', got {cfg.frontend!r}")
+    if cfg.frontend == "whisper" and (cfg.sample_rate_hz != 16000 or cfg.n_mels != 80 or cfg.hop_length != 160):
+        raise BundleError(f"{where}: the whisper front end is 16 kHz, 80 bins, hop 160; the bundle says "
+                          f"{cfg.sample_rate_hz} Hz, {cfg.n_mels} bins, hop {cfg.hop_length}")
 
 
 def _landmark_predictor(bundle: "Bundle", absent: dict[str, str]):

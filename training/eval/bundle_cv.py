@@ -306,7 +306,7 @@ def save_plots(summary: dict, folds: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from training.probe import save_confusion_png
+    from training.eval.probe import save_confusion_png
 
     bins = list(folds[0]["scores"]["continuous"]["cold_start"])[:-1]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)

@@ -2,29 +2,26 @@
 training actors (speaker-grouped 4-fold CV; the fold's test actors are never read), for the
 random-init audio TCN and a pretrained checkpoint (docs/RESULTS.md, "What was tried").
 
-    python scripts/ravdess_feature_diagnostic.py --fold 5 --checkpoint runs/sweep/base_fold5
+    python -m training.eval.feature_diagnostic --fold 5 --checkpoint runs/sweep/base_fold5
 
 Variants: the encoder's features (head of the mean-pooled TCN output); mean+std pooling of the
 TCN output; each standardised per speaker (label-free, transductive: uses a speaker's own
 unlabelled clips); log-mel statistics (the floor's features) for reference.
 """
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edge_mer.config import load_config  # noqa: E402
-from training.protocol import RavdessFold, random_encoders  # noqa: E402
-from training.datasets import load_cache_store, load_action_unit_vectors, actor_of  # noqa: E402
-from training.checkpoint import load_encoders  # noqa: E402
-from training.cache import open_cache  # noqa: E402
-from training.data.ravdess import EMOTIONS  # noqa: E402
-from training.probe import _standardiser, _logistic  # noqa: E402
-from sklearn.model_selection import GroupKFold  # noqa: E402
-from sklearn.metrics import balanced_accuracy_score  # noqa: E402
+from edge_mer.config import load_config
+from training.eval.protocol import RavdessFold, random_encoders
+from training.datasets import load_cache_store, load_action_unit_vectors, actor_of
+from training.checkpoint import load_encoders
+from training.cache import open_cache
+from training.data.ravdess import EMOTIONS
+from training.eval.probe import _standardiser, _logistic
+from sklearn.model_selection import GroupKFold
+from sklearn.metrics import balanced_accuracy_score
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("--fold", type=int, default=5)

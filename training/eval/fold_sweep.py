@@ -1,7 +1,7 @@
 """Condition (c) of the RAVDESS protocol on one fold, with config overrides: a quick way to try a
 pretraining setting before spending a full 5-fold run on it (docs/RESULTS.md, "What was tried").
 
-    python scripts/ravdess_fold_sweep.py --fold 5 --tag t05 --set loss.temperature=0.5 \\
+    python -m training.eval.fold_sweep --fold 5 --tag t05 --set loss.temperature=0.5 \\
         --out results/ravdess/sweep.jsonl
 
 Pretrains audio <-> AU on the fold's 16 training actors (label-free), fits linear probes on their
@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_mer.config import load_config  # noqa: E402
-from training.cache import open_cache  # noqa: E402
-from training.checkpoint import load_encoders  # noqa: E402
-from training.data.ravdess import EMOTIONS  # noqa: E402
-from training.datasets import actor_of, load_action_unit_vectors, load_cache_store, normalise_per_speaker  # noqa: E402
-from training.protocol import CPU, RavdessFold, logmel_stats, random_encoders, with_loss, with_train  # noqa: E402
-from training.train import PretrainData, pretrain  # noqa: E402
+from edge_mer.config import load_config
+from training.cache import open_cache
+from training.checkpoint import load_encoders
+from training.data.ravdess import EMOTIONS
+from training.datasets import actor_of, load_action_unit_vectors, load_cache_store, normalise_per_speaker
+from training.eval.protocol import CPU, RavdessFold, logmel_stats, random_encoders, with_loss, with_train
+from training.train import PretrainData, pretrain
 
 
 def main(argv: list[str] | None = None) -> int:

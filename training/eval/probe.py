@@ -1,4 +1,4 @@
-"""Probes on frozen features: ``python -m training.probe``.
+"""Probes on frozen features: ``python -m training.eval.probe``.
 
 Features of the chosen streams come from a pretrained checkpoint's encoders (pre-projector),
 concatenated; a classifier fitted on labelled training clips reads them. Two probes:
@@ -11,7 +11,7 @@ concatenated; a classifier fitted on labelled training clips reads them. Two pro
 Metrics: UA (balanced accuracy), WA (accuracy), weighted F1, per-class recall and the confusion
 matrix (also drawn as a PNG). Few-shot probes use k labelled clips per class, several draws.
 
-    python -m training.probe --checkpoint runs/fold1 --cache cache/ravdess_audio \\
+    python -m training.eval.probe --checkpoint runs/fold1 --cache cache/ravdess_audio \\
         --au-csv ../shared/data/ravdess/openface_au/au_audio_per_clip.csv --streams audio,au \\
         --train-actors 5-20 --test-actors 1-4 --out runs/fold1/probe
 """
@@ -36,7 +36,7 @@ from edge_mer.config import load_config, save_config
 from edge_mer.errors import ConfigError, EdgeMerError
 from edge_mer.io import atomic_open, atomic_write_bytes, atomic_write_text
 
-log = logging.getLogger("training.probe")
+log = logging.getLogger("training.eval.probe")
 
 
 # --------------------------------------------------------------------------- probes
@@ -324,7 +324,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.probe", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.eval.probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="pretraining checkpoint directory")
     p.add_argument("--cache", required=True, help="preprocessed RAVDESS cache (log-mels and labels)")
     p.add_argument("--au-csv", help="RAVDESS per-clip action-unit CSV, for the 'au' stream")
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"| {'+'.join(streams)} | {args.probe} | {m['ua']:.1f} | {m['wa']:.1f} | {m['f1_weighted']:.1f} |\n")
                 save_confusion_png(m["confusion"], list(EMOTIONS), out / "confusion.png", f"{'+'.join(streams)} ({args.probe} probe)")
     except (EdgeMerError, ValueError) as exc:
-        print(f"training.probe: error: {exc}", file=sys.stderr)
+        print(f"training.eval.probe: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     if te:
         m = result["metrics"]

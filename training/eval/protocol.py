@@ -1,4 +1,4 @@
-"""The evaluation protocols behind docs/RESULTS.md: ``python -m training.protocol ravdess|mosi``.
+"""The evaluation protocols behind docs/RESULTS.md: ``python -m training.eval.protocol ravdess|mosi``.
 
 ``ravdess`` (BRIEF section 4): actors 01-20 in 5 speaker-independent folds of 4 consecutive
 actors. For each fold, every encoder is pretrained and every probe fitted on the 16 other actors
@@ -27,9 +27,9 @@ clips before anything else (label-free; test actors by their own unlabelled clip
 Every run writes ``results.json`` and ``results.md`` (mean +/- std over folds or seeds) and
 confusion-matrix PNGs into ``--out``; runs go to ``--runs`` and resume when restarted.
 
-    python -m training.protocol ravdess --cache cache/ravdess_audio \\
+    python -m training.eval.protocol ravdess --cache cache/ravdess_audio \\
         --au-csv ../shared/data/ravdess/openface_au/au_audio_per_clip.csv --out results/ravdess
-    python -m training.protocol mosi --mosi ../shared/data/cmu-mosi/data --out results/mosi
+    python -m training.eval.protocol mosi --mosi ../shared/data/cmu-mosi/data --out results/mosi
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ from training.checkpoint import load_encoders
 from training.datasets import (ClipStore, ContrastiveDataset, LabelledDataset, actor_of, collate_streams,
                                load_action_unit_vectors, load_cache_store, load_mosi, normalise_per_speaker)
 from training.distributed import DistInfo
-from training.probe import (classification_metrics, encode_logmels, encode_vectors, few_shot, fit_linear_probe,
+from training.eval.probe import (classification_metrics, encode_logmels, encode_vectors, few_shot, fit_linear_probe,
                             fit_mlp_probe, save_confusion_png, standardise_per_group, write_json)
 from training.train import (ContrastiveModel, PretrainData, crop_spec, encoder_specs, epoch_batches, make_optimizer,
                             make_scheduler, pretrain)
 
-log = logging.getLogger("training.protocol")
+log = logging.getLogger("training.eval.protocol")
 
 FOLDS = {f: list(range(4 * f - 3, 4 * f + 1)) for f in range(1, 6)}
 CPU = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -160,7 +160,7 @@ class RavdessFold:
 
     def probe_spk(self, name: str, x_train: np.ndarray, x_test: np.ndarray) -> None:
         """The linear probe on the features as they are, and again on per-speaker standardised
-        features (``<name>_spk``; label-free, see :func:`training.probe.standardise_per_group`)."""
+        features (``<name>_spk``; label-free, see :func:`training.eval.probe.standardise_per_group`)."""
         self.probe(name, x_train, x_test)
         self.probe(f"{name}_spk", standardise_per_group(x_train, self.groups), standardise_per_group(x_test, self.test_groups))
 
@@ -447,7 +447,7 @@ def run_mosi(cfg: Config, root: str, out: Path, runs: Path, seeds: list[int]) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.protocol", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m training.eval.protocol", description=__doc__.split("\n\n")[0])
     p.add_argument("protocol", choices=("ravdess", "mosi"))
     p.add_argument("--out", required=True, help="results directory (results.json, results.md, PNGs)")
     p.add_argument("--runs", help="where the pretraining runs go (default: runs/protocol_<protocol>)")
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = run_mosi(cfg, args.mosi, out, runs, [int(s) for s in args.seeds.split(",")])
     except EdgeMerError as exc:
-        print(f"training.protocol: error: {exc}", file=sys.stderr)
+        print(f"training.eval.protocol: error: {exc}", file=sys.stderr)
         return exc.exit_code
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"({result['seconds']} s)")
