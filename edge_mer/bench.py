@@ -168,7 +168,7 @@ class ClipInputs:
 
 def stage_latencies(bundle, cfg: Config, clip: ClipInputs, repeats: int, warmup: int) -> tuple[dict, dict]:
     """Each stage alone at batch 1 -> ({stage: percentiles}, {modality: one real feature})."""
-    from edge_mer.features.logmel import log_mel
+    from edge_mer.features.logmel import front_end
     from edge_mer.stream.fusion import Fusion
     from edge_mer.stream.stages import crop_face, load_model, normalise_landmarks, uniform_indices
 
@@ -181,9 +181,9 @@ def stage_latencies(bundle, cfg: Config, clip: ClipInputs, repeats: int, warmup:
     feeds: dict[Modality, dict[str, np.ndarray]] = {}
 
     audio = clip.audio_window(window_s)
-    stages["logmel"] = time_call(lambda: log_mel(audio, audio_cfg), repeats, warmup)
+    stages["logmel"] = time_call(lambda: front_end(audio, audio_cfg), repeats, warmup)
     stages["logmel"]["input"] = f"{window_s:g} s of audio at {audio_cfg.sample_rate_hz} Hz"
-    feeds[Modality.AUDIO] = {"logmel": log_mel(audio, audio_cfg)[None].astype(np.float32)}
+    feeds[Modality.AUDIO] = {"logmel": front_end(audio, audio_cfg)[None].astype(np.float32)}
 
     boxes: list[tuple[np.ndarray, np.ndarray]] = []  # (frame, face box)
     if "mtcnn" in bundle.manifest.get("detectors", {}) and clip.frames:

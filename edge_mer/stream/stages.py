@@ -32,8 +32,7 @@ import numpy as np
 from edge_mer.config import AudioCfg, Config, FaceCfg, LandmarksCfg, RuntimeCfg, TextCfg, WindowCfg
 from edge_mer.errors import BundleError, ConfigError, EdgeMerError
 from edge_mer.face.landmarks import drop_jaw, normalise_minmax
-from edge_mer.features.logmel import log_mel
-from edge_mer.features.whisper_mel import whisper_log_mel
+from edge_mer.features.logmel import front_end
 from edge_mer.modality import Modality
 from edge_mer.stream.sources import AudioChunk, BoundedQueue
 from edge_mer.stream.stats import Stats
@@ -565,7 +564,7 @@ class FeatureExtractor:
                 out.absent["audio"] = "no speech"
                 return
         with self.stats.time("logmel"):
-            mel = whisper_log_mel(audio) if self.audio_cfg.frontend == "whisper" else log_mel(audio, self.audio_cfg)
+            mel = front_end(audio, self.audio_cfg)
             if Modality.AUDIO in self.input_norms:
                 # The window's frames update the person's per-bin statistics as one window.
                 mel = self.input_norms[Modality.AUDIO](mel.T).T
