@@ -355,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("onnxruntime", "root"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Our progress at INFO even when an imported library configured logging first.
+    for name in ("training.eval.bundle_cv", "export.audio_bundle"):
+        logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.time()
     try:
         actors = parse_actor_list(args.actors)
