@@ -167,7 +167,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def probe_ua(features: np.ndarray, labels: list[str], actors: list[int]) -> float:
-    from export.make_default_bundle import fit_probe, predict, unweighted_accuracy
+    from export.make_default_bundle import fit_probe, predict
+    from training.eval.metrics import unweighted_accuracy
 
     train = [i for i, a in enumerate(actors) if a not in EVAL_ACTORS]
     test = [i for i, a in enumerate(actors) if a in EVAL_ACTORS]

@@ -100,30 +100,28 @@ def _logmels(clips: Sequence[LabelledClip], cfg: AudioCfg) -> list[np.ndarray]:
     return [front_end(load_audio(c.path, cfg.sample_rate_hz), cfg) for c in clips]
 
 
+def _clip_store(clips: Sequence[LabelledClip], logmels: Sequence[np.ndarray]):
+    """The clips' log-mels as a training ClipStore, with each clip's speaker."""
+    from training.datasets import ClipStore
+
+    store = ClipStore(logmels={c.clip_id: lm for c, lm in zip(clips, logmels)})
+    return store, {c.clip_id: str(c.speaker) for c in clips}
+
+
 def _input_prior(clips: Sequence[LabelledClip], logmels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Population prior of the per-user log-mel statistics, pooled over the actors' own stats."""
-    from training.datasets import pool_speaker_stats
+    from training.datasets import logmel_speaker_prior
 
-    actors = sorted({c.speaker for c in clips})
-    means, variances = [], []
-    for a in actors:
-        frames = np.concatenate([lm for lm, c in zip(logmels, clips) if c.speaker == a], axis=1).astype(np.float64)
-        means.append(frames.mean(axis=1))
-        variances.append(frames.var(axis=1))
-    return pool_speaker_stats(np.stack(means), np.stack(variances))
+    return logmel_speaker_prior(*_clip_store(clips, logmels))
 
 
 def _per_actor(clips: Sequence[LabelledClip], logmels: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Each actor's log-mels standardised by all frames of that actor's clips (what the running
     per-user input statistics converge to): parity and calibration inputs of the export."""
-    out = list(logmels)
-    for a in sorted({c.speaker for c in clips}):
-        idx = [i for i, c in enumerate(clips) if c.speaker == a]
-        frames = np.concatenate([logmels[i] for i in idx], axis=1)
-        mean, std = frames.mean(axis=1, keepdims=True), np.maximum(frames.std(axis=1, keepdims=True), 1e-3)
-        for i in idx:
-            out[i] = ((logmels[i] - mean) / std).astype(np.float32)
-    return out
+    from training.datasets import normalise_per_speaker
+
+    standard = normalise_per_speaker(*_clip_store(clips, logmels))
+    return [standard.logmels[c.clip_id] for c in clips]
 
 
 def center_windows(logmels: Sequence[np.ndarray], frames: int, count: int) -> np.ndarray:
@@ -407,19 +405,18 @@ def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, reco
     log.info("runtime windows of %d training actors: %s", len(recordings),
              ", ".join(f"{p}: {len(w.x)}" for p, w in windows.items()))
     # The shipped precision: INT8 when its out-of-fold UA (per-user head) is within budget.
-    oof = {}
+    oof, inputs = {}, {}
     for p, ws in windows.items():
         prior = feature_prior(ws)
-        user, _ = head_inputs(ws, prior, cfg.runtime)
+        inputs[p] = (prior, *head_inputs(ws, prior, cfg.runtime))  # (prior, per-user input, population input)
         keep = ws.y != ""
-        logits = out_of_fold_logits(user[keep], ws.y[keep], ws.actor[keep], 0.1, LABELS)
+        logits = out_of_fold_logits(inputs[p][1][keep], ws.y[keep], ws.actor[keep], 0.1, LABELS)
         oof[p] = round(unweighted_accuracy(list(ws.y[keep]), [LABELS[i] for i in logits.argmax(axis=1)]), 2)
     log.info("out-of-fold window UA per precision: %s", oof)
     shipped = "int8" if "int8" in oof and oof["fp32"] - oof["int8"] <= MAX_UA_DROP else "fp32"
     report["precision"] = {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"}
     ws = windows[shipped]
-    prior = feature_prior(ws)
-    user, pop = head_inputs(ws, prior, cfg.runtime)
+    prior, user, pop = inputs[shipped]
     keep = ws.y != ""
     user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep])
     pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep])

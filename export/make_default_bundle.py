@@ -51,6 +51,7 @@ from edge_mer.modality import Modality
 from export.bundle_builder import REPO_ROOT, EncoderSource
 from export.heads import LinearProbe, remap_classes
 from export.quantize import latency_ms
+from training.eval.metrics import unweighted_accuracy
 
 log = logging.getLogger("make_default_bundle")
 
@@ -135,12 +136,6 @@ def meld(data: Path, split: str, limit: int = 0) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------- probes and metrics
-
-
-def unweighted_accuracy(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
-    """UA: mean recall over the classes present in ``y_true`` (balanced accuracy), in points."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(100.0 * np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
 
 
 def fit_probe(x: np.ndarray, y: Sequence[str], c: float = 1.0) -> LinearProbe:

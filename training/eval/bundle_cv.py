@@ -55,16 +55,10 @@ TEST_SEED_OFFSET = 1000  # test recordings use another order than the training a
 
 
 def parse_actor_list(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = (int(p) for p in part.split("-"))
-            out.extend(range(lo, hi + 1))
-        else:
-            out.append(int(part))
+    """``"1-4,9"`` -> ``[1, 2, 3, 4, 9]`` (the trainer's ``--actors`` syntax); empty is an error."""
+    from training.train import parse_actors
+
+    out = parse_actors(text)
     if not out:
         raise EdgeMerError(f"empty actor list {text!r}")
     return out
@@ -193,11 +187,10 @@ def run_fold(k: int, train: list[int], test: list[int], args, clips: list[Labell
     # Each clip alone, a fresh run.
     fresh: list[tuple[list[dict], list[Span]]] = []
     if not args.no_fresh:
-        for c in [c for c in clips if c.speaker in test]:
-            import soundfile as sf
+        from edge_mer.media import probe
 
-            dur = sf.info(str(c.path)).duration
-            fresh.append((run_events(bundle, c.path, runs / "fresh.jsonl", args.set), [Span(c, 0.0, dur)]))
+        for c in [c for c in clips if c.speaker in test]:
+            fresh.append((run_events(bundle, c.path, runs / "fresh.jsonl", args.set), [Span(c, 0.0, probe(c.path).duration_s)]))
     result["seconds"] = round(time.time() - t0)
     result["replay_s"] = result["seconds"] - result["build_s"]
     result["raw"] = {"continuous": {str(a): {"events": [compact(e) for e in cont_events[a]],
