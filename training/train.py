@@ -483,6 +483,17 @@ def load_pretrain_data(cfg: Config, cache: str | None, au_csv: str | None, mosi:
         store.vectors["au"] = load_action_unit_vectors(au_csv, ids)
     if not ids:
         raise ConfigError(f"{cache}: no clips left to pretrain on (actors {actors})")
+    whisper_audio = bool(store.logmels) and cfg.encoder.audio == "whisper_tiny" \
+        and any(encoder_key(s) == "audio" for s in streams)
+    if whisper_audio:
+        # The Whisper trunk reads Whisper's own log-mel, on its raw scale: the cache's torchaudio
+        # log-mels are replaced, and they are never standardised per speaker.
+        from training.encoders.whisper_trunk import whisper_logmels_for_cache
+
+        if cfg.audio.n_mels != 80:
+            raise ConfigError(f"encoder.audio = {cfg.encoder.audio!r} reads Whisper's 80-bin log-mel; set audio.n_mels = 80")
+        store.logmels = whisper_logmels_for_cache(cache, [i for i in ids if i in store.logmels])
+        log.info("audio: Whisper log-mels for %d clips (encoder %s)", len(store.logmels), cfg.encoder.audio)
     from training.cache import open_cache
 
     index = open_cache(cache)
@@ -492,8 +503,12 @@ def load_pretrain_data(cfg: Config, cache: str | None, au_csv: str | None, mosi:
         missing = [i for i in ids if not speakers[i]]
         if missing:
             raise ConfigError(f"train.speaker_norm: {len(missing)} clips of {cache} have no speaker id, e.g. {missing[0]}")
-        data.input_prior = {"audio": logmel_speaker_prior(store, speakers)} if store.logmels else {}
-        data.store = normalise_per_speaker(store, speakers)
+        if whisper_audio:
+            log.info("train.speaker_norm: the Whisper trunk's log-mels stay unstandardised")
+            data.store = normalise_per_speaker(store, speakers, audio=False)
+        else:
+            data.input_prior = {"audio": logmel_speaker_prior(store, speakers)} if store.logmels else {}
+            data.store = normalise_per_speaker(store, speakers)
     return data
 
 

@@ -28,9 +28,9 @@ With the pairwise trainer: ``[encoder] audio = "whisper_tiny"``, ``audio.n_mels 
 trainer derives ``n_mels`` from it and this encoder refuses anything but 80). The trainer also
 passes ``text.trainable_layers`` to every encoder with a ``trainable_layers`` field: set this
 one with ``encoder.options = ["whisper_tiny.trainable_layers=K"]``, which takes precedence.
-The trainer reads ``logmel`` arrays from the cache (torchaudio log-mels); pretraining on this
-trunk needs them swapped for Whisper's (``data.store.logmels.update(whisper_logmels_for_cache(
-cache, ids))`` in ``training.train.load_pretrain_data``; not wired there yet). Crops work as
+``training.train.load_pretrain_data`` replaces the cache's torchaudio log-mels with Whisper's
+(:func:`whisper_logmels_for_cache`) when ``encoder.audio = "whisper_tiny"``, and leaves them
+unstandardised under ``train.speaker_norm`` (the other streams are still standardised). Crops work as
 before: both front ends make 100 frames per second.
 
 >>> enc = build_encoder("whisper_tiny", {})                 # doctest: +SKIP
