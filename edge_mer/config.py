@@ -61,7 +61,8 @@ class FaceCfg:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # P-, R-, O-Net score thresholds
     scale_factor: float = 0.709  # image pyramid step
     select: str = "largest"  # which face when several: "largest" or "tracked"
-    detect_every_n: int = 5  # runtime: run MTCNN on every Nth frame, track boxes in between
+    detect_every_n: int = 10  # runtime: run MTCNN on every Nth analysed frame, track boxes in between
+    min_face_fraction: float = 0.15  # runtime: also skip faces smaller than this fraction of the frame's shorter side
     sample_fps: float = 10.0  # preprocessing: video frames per second decoded for the cache's face crops and landmarks
 
 

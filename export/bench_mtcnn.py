@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from export.mtcnn_export import export_mtcnn
 
     torch.set_num_threads(1)
-    cfg = FaceCfg()
+    cfg = FaceCfg(min_face_fraction=0.0)  # facenet-pytorch has only the absolute minimum
     with tempfile.TemporaryDirectory() as tmp:
         nets = export_mtcnn(tmp)
         ours = MTCNN(*(OnnxModel.from_file(nets[n][0], RuntimeCfg(threads=1)) for n in ("pnet", "rnet", "onet")), cfg)

@@ -20,7 +20,7 @@ from edge_mer.backends.onnx_backend import OnnxModel  # noqa: E402
 from edge_mer.face.mtcnn import MTCNN, area_resize, nms_iou, nms_min  # noqa: E402
 from export.mtcnn_export import export_mtcnn  # noqa: E402
 
-CFG = FaceCfg()
+CFG = FaceCfg(min_face_fraction=0.0)  # facenet-pytorch has only the absolute minimum
 
 
 @pytest.fixture(scope="module")

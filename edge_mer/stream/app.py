@@ -183,6 +183,11 @@ class _Reader(threading.Thread):
         self.extractor = extractor
         self.error: BaseException | None = None
         self.stop = threading.Event()
+        # Without a recorder (which keeps every frame) the source may drop the frames the limiter
+        # would drop, before it converts them.
+        self.limited_by_source = limiter is not None and recorder is None and source.skips_frames
+        if self.limited_by_source:
+            source.keep_frame = limiter.keep
 
     def run(self) -> None:
         try:
@@ -193,7 +198,7 @@ class _Reader(threading.Thread):
                     self.recorder.add(item)
                 if isinstance(item, Frame):
                     self.stats.count("frames")
-                    if self.limiter is None or not self.limiter.keep(item.t_s):
+                    if self.limiter is None or (not self.limited_by_source and not self.limiter.keep(item.t_s)):
                         continue
                 else:
                     self.extractor.push_audio(item)
@@ -205,6 +210,7 @@ class _Reader(threading.Thread):
         except BaseException as exc:  # handed to the main thread, which raises it
             self.error = exc
         finally:
+            self.stats.count("frames", self.source.frames_skipped)
             self.source.close()
             self.extractor.end_audio()
             self.queue.put(_END, block=True)

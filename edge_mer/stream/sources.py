@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 
@@ -122,9 +122,15 @@ class Source:
     clock_origin_s: float | None = None  # monotonic time of t_s == 0 for sources that follow the wall clock
     has_video = False
     has_audio = False
+    skips_frames = False  # honours keep_frame (below)
 
     def __init__(self) -> None:
         self._stop_requested = threading.Event()
+        # Frames the consumer will not analyse: a source that can skip them before converting
+        # them to BGR arrays (a file: the conversion costs more than decoding) asks this first,
+        # with the frame's time, and counts what it skipped in ``frames_skipped``.
+        self.keep_frame: Callable[[float], bool] | None = None
+        self.frames_skipped = 0
 
     def __iter__(self) -> Iterator[Item]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -152,6 +158,8 @@ class FileSource(Source):
     items are released at the pace they were recorded; otherwise as fast as they decode.
     ``use_video``/``use_audio`` select tracks (``--audio FILE`` reads only the sound).
     """
+
+    skips_frames = True
 
     def __init__(self, path: str | os.PathLike, sample_rate_hz: int, realtime: bool = True,
                  use_video: bool = True, use_audio: bool = True, chunk_s: float = 0.1) -> None:
@@ -211,7 +219,10 @@ class FileSource(Source):
                             t = n_frames / float(vstream.average_rate or 30)
                         self._pace(t)
                         last_frame_t = max(0.0, t)
-                        yield Frame(last_frame_t, n_frames, frame.to_ndarray(format="bgr24"))
+                        if self.keep_frame is not None and not self.keep_frame(last_frame_t):
+                            self.frames_skipped += 1
+                        else:
+                            yield Frame(last_frame_t, n_frames, frame.to_ndarray(format="bgr24"))
                         n_frames += 1
                 else:
                     for frame in decoded:
