@@ -18,7 +18,7 @@ from training.encoders.base import (Encoder, build_encoder, cfg_from_dict, encod
                                     register_encoder)
 
 # Importing the modules registers their encoders (the text encoder imports transformers lazily).
-from training.encoders import audio_tcn, face_cnn, landmarks_stgcn, logmel_stats, mlp, text_minilm, whisper_trunk  # noqa: E402,F401
+from training.encoders import audio_tcn, face_cnn, face_fer, landmarks_stgcn, logmel_stats, mlp, text_minilm, whisper_trunk  # noqa: E402,F401
 from training.encoders.projector import Projector  # noqa: E402
 
 __all__ = ["Encoder", "Projector", "build_encoder", "cfg_from_dict", "encoder_cfg_dict", "encoder_class", "list_encoders",
