@@ -196,10 +196,10 @@ def test_an_encoder_with_per_user_input_norm_reads_standardised_log_mels(tmp_pat
         audio = _speech_window(k, gain)
         out = fx(Window(index=k, t_start_s=0.5 * k, t_end_s=0.5 * k + 2.0, audio=audio, audio_coverage=1.0))
         mel = reference(log_mel(audio, bundle.feature_cfg("audio")).T).T
-        expected = fx.encoders[A].run({"logmel": mel[None]})["feature"]
+        expected = fx.stage(A).encoder.run({"logmel": mel[None]})["feature"]
         np.testing.assert_allclose(out.features[A], expected, rtol=1e-5, atol=1e-6)
-    assert fx.input_norms[A].windows == 6
-    np.testing.assert_allclose(fx.input_norms[A].mean, reference.mean, rtol=1e-6)
+    assert fx.stage(A).input_norm.windows == 6
+    np.testing.assert_allclose(fx.stage(A).input_norm.mean, reference.mean, rtol=1e-6)
 
 
 def test_an_input_prior_of_the_wrong_size_is_refused(tmp_path):
