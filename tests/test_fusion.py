@@ -82,13 +82,14 @@ def test_smoother_time_constant():
 
 def test_event_schema_and_text_only_on_request():
     window = Window(3, 1.5, 3.5)
-    wf = WindowFeatures(absent={"text": "no words"}, faces=1, text="secret words")
+    wf = WindowFeatures(absent={"text": "no words"}, faces=1, text="secret words",
+                        reliability={Modality.AUDIO: 0.875, Modality.FACE: 0.5})  # face present, not fused
     pred = Prediction(np.array([0.25, 0.75]), ("audio",), {"audio": np.array([0.25, 0.75])})
     event = make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=False)
     assert event == {
         "window": 3, "t_start": 1.5, "t_end": 3.5, "label": "happy", "probs": {"calm": 0.2, "happy": 0.8},
         "probs_raw": {"calm": 0.25, "happy": 0.75}, "modalities": ["audio"], "per_modality": {"audio": {"calm": 0.25, "happy": 0.75}},
-        "absent": {"text": "no words"}, "faces": 1, "latency_ms": None,
+        "absent": {"text": "no words"}, "reliability": {"audio": 0.875}, "faces": 1, "latency_ms": None,
     }
     assert make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=True)["text"] == "secret words"
     empty = make_event(window, wf, Prediction(None, ()), None, ["calm", "happy"], emit_text=False)
@@ -123,3 +124,36 @@ def test_uniform_indices():
     assert uniform_indices(10, 5).tolist() == [0, 2, 4, 7, 9]
     assert uniform_indices(2, 4).tolist() == [0, 0, 1, 1]
     assert uniform_indices(0, 3).size == 0
+
+
+def test_reliability_weighs_each_modality_in_the_combination(tmp_path):
+    # Per-modality heads combined: a modality's log-probabilities count by its reliability, and
+    # the bundle's fusion.weights scale it further.
+    import json
+
+    from run_fixtures import make_bundle
+
+    from edge_mer.bundle import Bundle, write_manifest
+    from edge_mer.config import RuntimeCfg
+    from edge_mer.modality import Modality
+    from edge_mer.stream.fusion import Fusion
+
+    root = make_bundle(tmp_path / "b", ["audio", "text"], [["audio"], ["text"]])
+    fusion = Fusion.from_bundle(Bundle.load(root), RuntimeCfg(threads=1))
+    rng = np.random.default_rng(3)
+    feats = {m: rng.normal(size=(1, int(Bundle.load(root).encoder(m)["feature_dim"]))).astype(np.float32)
+             for m in (Modality.AUDIO, Modality.TEXT)}
+    equal = fusion.predict(feats)
+    only_audio = fusion.predict(feats, {Modality.AUDIO: 1.0, Modality.TEXT: 0.0})
+    np.testing.assert_allclose(only_audio.probs, equal.per_modality["audio"], atol=1e-9)
+    half = fusion.predict(feats, {Modality.AUDIO: 1.0, Modality.TEXT: 0.5})
+    la, lt = (np.log(np.maximum(equal.per_modality[m], 1e-8)) for m in ("audio", "text"))
+    expected = np.exp((la + 0.5 * lt) / 1.5)
+    np.testing.assert_allclose(half.probs, expected / expected.sum(), atol=1e-9)
+    # bundle weights: text weighted 3 against audio 1
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["fusion"] = {"weights": {"text": 3.0}}
+    write_manifest(root, manifest)
+    weighted = Fusion.from_bundle(Bundle.load(root), RuntimeCfg(threads=1)).predict(feats)
+    expected = np.exp((la + 3 * lt) / 4)
+    np.testing.assert_allclose(weighted.probs, expected / expected.sum(), atol=1e-9)

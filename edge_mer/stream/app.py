@@ -380,7 +380,7 @@ def _process(window: Window, extractor, fusion, smoother, labels, emit_text, mak
     with stats.time("features"):
         feats = extractor(window)
     with stats.time("fusion"):
-        pred = fusion.predict(feats.features)
+        pred = fusion.predict(feats.features, feats.reliability)
     for m in feats.features:
         if m.value not in pred.modalities:
             feats.absent[m.value] = "no head in the bundle reads it"

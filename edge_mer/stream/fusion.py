@@ -2,8 +2,12 @@
 
 Fusion reads the bundle's heads: the head trained for exactly the modalities present when the
 bundle has one (features concatenated in Modality order); otherwise the per-modality heads of the
-present modalities, combined by averaging their log-probabilities and renormalising (a geometric
-mean of the distributions). A window with no usable modality yields an event with ``label`` null.
+present modalities, combined by a weighted average of their log-probabilities, renormalised (a
+weighted geometric mean of the distributions). A modality's weight is the bundle's
+``fusion.weights[m]`` (1 when not given) times the window's reliability of that modality (from
+its stage: the share of frames with a usable face, the speech fraction, ...), so a face turned
+away for half the window or a mostly silent window counts for less. A window with no usable
+modality yields an event with ``label`` null.
 
 A head whose manifest entry has ``input_norm`` (``{"type": "per_user", "file": prior npz}``) was
 fitted on per-speaker standardised features; its input goes through a
@@ -73,6 +77,8 @@ class Fusion:
         self._norms: dict[str, RunningNorm] = {}
         self._population: dict[str, "Model"] = {}  # per-user heads' population heads (cold start)
         self._warned: set[str] = set()
+        weights = (bundle.manifest.get("fusion") or {}).get("weights") or {}
+        self.weights = {Modality(m): float(w) for m, w in weights.items()}
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", runtime_cfg: RuntimeCfg) -> "Fusion":
@@ -137,8 +143,9 @@ class Fusion:
         probs = np.clip(probs, 0.0, None)
         return probs / probs.sum() if probs.sum() > 0 else np.full(len(self.labels), 1.0 / len(self.labels))
 
-    def predict(self, features: dict[Modality, np.ndarray]) -> Prediction:
-        """Fuse whatever modalities are present (any subset, possibly empty)."""
+    def predict(self, features: dict[Modality, np.ndarray], reliability: dict[Modality, float] | None = None) -> Prediction:
+        """Fuse whatever modalities are present (any subset, possibly empty); ``reliability``
+        (0..1 per modality, default 1) scales each modality's weight where heads are combined."""
         per: dict[str, np.ndarray] = {}
         for m in features:
             if self._head(m.value) is not None:
@@ -158,9 +165,18 @@ class Fusion:
             self._warn_once(key, f"the bundle has no head for {key} nor for {', '.join(missing)} alone: "
                                  f"{', '.join(missing)} left out of the fusion")
         used = tuple(m.value for m in Modality if m.value in per)
-        logp = np.mean([np.log(np.maximum(per[m], _LOG_FLOOR)) for m in used], axis=0)
+        w = np.array([self.weight(Modality(m), reliability) for m in used], np.float64)
+        if w.sum() <= 0:
+            w = np.ones(len(used))
+        logp = np.tensordot(w / w.sum(), np.stack([np.log(np.maximum(per[m], _LOG_FLOOR)) for m in used]), axes=1)
         probs = np.exp(logp - logp.max())
         return Prediction(probs / probs.sum(), used, per)
+
+    def weight(self, m: Modality, reliability: dict[Modality, float] | None = None) -> float:
+        """``m``'s weight in a combination of per-modality heads: the bundle's weight times the
+        window's reliability (both default 1)."""
+        r = 1.0 if reliability is None else float(reliability.get(m, 1.0))
+        return self.weights.get(m, 1.0) * min(1.0, max(0.0, r))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -211,6 +227,7 @@ def make_event(window: "Window", feats: "WindowFeatures", pred: Prediction, smoo
         "modalities": list(pred.modalities),
         "per_modality": {m: as_dict(p) for m, p in pred.per_modality.items()},
         "absent": dict(sorted(feats.absent.items())),
+        "reliability": {m.value: round(float(r), 3) for m, r in feats.reliability.items() if m.value in pred.modalities},
         "faces": int(feats.faces),
         "latency_ms": None,
     }
