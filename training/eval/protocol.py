@@ -12,6 +12,9 @@ only, then scored on the fold's 4. Conditions:
   (linear and the paper's MLP probe), and few-shot curves (k labelled clips per class);
 - ``a_random_stats_mlp``, ``c_pair_stats_mlp*``: (a') and (c') with an MLP over the floor's
   log-mel statistics instead of the TCN (``--stats-epochs``);
+- ``w_frozen``, ``w_frozen_pair``, ``w_tuned1_pair``: the Whisper tiny.en trunk frozen, with an
+  MLP over its frozen features pretrained pairwise against the AUs, and with its top layer tuned
+  by the pairwise trainer (``python -m training.eval.whisper_pairwise``, same folds and probes);
 - ``d_sup_*``: the same encoders trained WITH labels (cross-entropy): the upper bound. This is the
   only place where labels meet an encoder's training, and it is kept apart from the label-free
   path (it uses :class:`training.datasets.LabelledDataset`, never :func:`training.train.pretrain`).
@@ -252,7 +255,9 @@ def summarise(per_fold: list[dict[str, Any]], classes: list[str]) -> dict[str, A
                  for s, fn in (("mean", np.mean), ("std", np.std))}
         entry["folds"] = len(ms)
         entry["confusion"] = np.sum([m["confusion"] for m in ms], axis=0).tolist()
-        entry["per_class_recall_mean"] = {c: float(np.mean([m["per_class_recall"][c] for m in ms])) for c in classes}
+        # A class absent from every test fold has no recall (None), not a crash.
+        recalls = {c: [m["per_class_recall"][c] for m in ms if m["per_class_recall"][c] is not None] for c in classes}
+        entry["per_class_recall_mean"] = {c: float(np.mean(r)) if r else None for c, r in recalls.items()}
         summary[name] = entry
     fewshot: dict[str, Any] = {}
     for name in per_fold[0].get("few_shot", {}):
@@ -283,6 +288,9 @@ LABELS = {
     "d_sup_audio_linear_probe": "(d) supervised audio TCN, linear probe",
     "d_sup_audio+au": "(d) supervised audio TCN + AU MLP (its own head)",
     "d_sup_audio+au_linear_probe": "(d) supervised audio+AU, linear probe",
+    "w_frozen": "Whisper tiny.en trunk frozen, mean+std pooled (768-d), linear probe",
+    "w_frozen_pair": "frozen Whisper trunk + MLP pretrained pairwise <->AU, probe on the MLP",
+    "w_tuned1_pair": "Whisper trunk (top layer tuned) pretrained pairwise <->AU, probe on the trunk",
     "floor_raw_features": "floor: the raw text+audio+video features, supervised LR",
     "random_init": "random-init MLP encoders, linear probe on text+audio+video",
     "pairwise": "pairwise (3 pairs), linear probe on text+audio+video",
@@ -296,7 +304,7 @@ LABELS = {
 LABELS.update({f"{k}_spk": f"{LABELS[k]}, per-speaker standardised" for k in (
     "floor_logmel_stats", "floor_au", "floor_logmel_stats+au", "a_random_audio", "b_audio_ssl_audio", "c_pair_audio",
     "c_pair_audio+au", "d_sup_audio_linear_probe", "d_sup_audio+au_linear_probe", "a_random_stats_mlp", "c_pair_stats_mlp",
-    "c_pair_stats_mlp+au")})
+    "c_pair_stats_mlp+au", "w_frozen", "w_frozen_pair", "w_tuned1_pair")})
 
 
 def markdown_table(summary: dict[str, Any], title: str, metric_names: tuple[str, ...] = ("ua", "wa", "f1_weighted"),
@@ -344,8 +352,11 @@ def save_fewshot_png(fewshot: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, folds: list[int], fewshot_draws: int,
-                speaker_norm: bool = False, stats_epochs: int = 30) -> dict[str, Any]:
+def load_ravdess(cache: str, au_csv: str, speaker_norm: bool = False) -> tuple[ClipStore, list[str], dict[str, str], list[str]]:
+    """The protocol's RAVDESS clips: ``(store, ids, labels, classes)``, the store holding the
+    cache's log-mels and the per-clip action units (``au``) of actors 01-20, the ids those with
+    both and a label. Labels are for the probes and the supervised bound only; pretrain() never
+    sees them."""
     from training.cache import open_cache
     from training.data.ravdess import EMOTIONS
 
@@ -357,14 +368,18 @@ def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, fol
         # Label-free: every actor's inputs standardised by that actor's own unlabelled clips, test
         # actors included (transductive, as a per-user running normalisation would be on a device).
         store = normalise_per_speaker(store, {i: f"actor{actor_of(i):02d}" for i in ids})
-    store.vectors["stats"] = dict(zip(ids, logmel_stats(store, ids).astype(np.float32)))
-    # Labels are read here for the probes and the supervised bound only; pretrain() never sees them.
     labels = open_cache(cache).labels()
-    classes = list(EMOTIONS)
+    return store, [i for i in ids if i in labels], labels, list(EMOTIONS)
+
+
+def run_ravdess(cfg: Config, cache: str, au_csv: str, out: Path, runs: Path, folds: list[int], fewshot_draws: int,
+                speaker_norm: bool = False, stats_epochs: int = 30) -> dict[str, Any]:
+    store, ids, labels, classes = load_ravdess(cache, au_csv, speaker_norm)
+    store.vectors["stats"] = dict(zip(ids, logmel_stats(store, ids).astype(np.float32)))
     per_fold = []
     t0 = time.time()
     for f in folds:
-        fold = RavdessFold(f, store, [i for i in ids if i in labels], labels, classes)
+        fold = RavdessFold(f, store, ids, labels, classes)
         per_fold.append(run_ravdess_fold(fold, cfg, runs, fewshot_draws, stats_epochs))
         write_json(out / "per_fold.json", per_fold)
         log.info("fold %d done (%.0f s since start)", f, time.time() - t0)
