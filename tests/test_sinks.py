@@ -117,6 +117,13 @@ def test_display_picture_has_box_landmarks_and_bars():
     calm, happy = pic[18, 10:200].any(axis=1), pic[36, 10:200].any(axis=1)
     assert happy.sum() > calm.sum() > 0
     assert render(None, None, None, None).shape == (360, 480, 3)
+    # one line per modality below the bars: drawn only when the event has them
+    plain = render(frame, event, None, None)
+    event["per_modality"] = {"face": {"calm": 0.1, "happy": 0.9}}
+    event["reliability"] = {"face": 0.8}
+    event["absent"] = {"text": "no words"}
+    lines = render(frame, event, None, None)
+    assert not plain[60:100, 10:300].any() and lines[60:100, 10:300].any()
 
 
 def test_recorder_writes_frames_and_audio(tmp_path):

@@ -183,6 +183,7 @@ class _Reader(threading.Thread):
         self.extractor = extractor
         self.error: BaseException | None = None
         self.stop = threading.Event()
+        self.latest_frame: Frame | None = None  # the newest frame read (--display shows it between events)
         # Without a recorder (which keeps every frame) the source may drop the frames the limiter
         # would drop, before it converts them.
         self.limited_by_source = limiter is not None and recorder is None and source.skips_frames
@@ -198,6 +199,7 @@ class _Reader(threading.Thread):
                     self.recorder.add(item)
                 if isinstance(item, Frame):
                     self.stats.count("frames")
+                    self.latest_frame = item
                     if self.limiter is None or (not self.limited_by_source and not self.limiter.keep(item.t_s)):
                         continue
                 else:
@@ -313,10 +315,16 @@ def _run(args: argparse.Namespace) -> int:
         reader = _Reader(source, windower, queue, limiter, not realtime, stats, recorder, extractor)
         extractor.start()
         reader.start()
+        last = (None, None, None)  # the latest event, box and landmarks (for --display between events)
         try:
             while True:
-                window = queue.get(timeout=0.5)
+                window = queue.get(timeout=0.5 if display is None else 1.0 / 30)
                 if window is None:
+                    if display is not None and reader.latest_frame is not None:
+                        # Refreshed with the video, not only every hop: the newest frame, last event.
+                        display.show(reader.latest_frame.bgr, *last)
+                        if display.closed:
+                            break
                     continue
                 if window is _END:
                     break
@@ -332,8 +340,9 @@ def _run(args: argparse.Namespace) -> int:
                     sink.send(event)
                 stats.count("events")
                 if display is not None:
+                    last = (event, feats.box, feats.landmarks)
                     frame = window.frames[-1].bgr if window.frames else None
-                    display.show(frame, event, feats.box, feats.landmarks)
+                    display.show(frame, *last)
                     if display.closed:
                         break
         finally:

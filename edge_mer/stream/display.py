@@ -1,5 +1,10 @@
 """``--display``: an OpenCV window with the face box, landmarks, probability bars and latency.
 
+The window is refreshed with the video (every analysed frame), not only when an event comes: the
+latest event's bars stay on screen over the newest frame. Below the fused bars, one line per
+modality says what that modality alone reads (its top label and probability) and its
+reliability in the window, and which modalities are absent and why.
+
 Needs a GUI OpenCV (``opencv-python``) and a display. The headless wheel used on servers and in
 CI raises ``cv2.error`` from any window call; that becomes a one-line DeviceError at start-up.
 
@@ -76,8 +81,29 @@ def render(bgr: np.ndarray | None, event: dict | None, box: np.ndarray | None,
             y = 20 + 18 * i
             cv2.rectangle(canvas, (10, y - 11), (10 + int(_BAR_W * p), y + 3), _GREEN, -1)
             cv2.putText(canvas, f"{label} {p:.2f}", (14 + _BAR_W, y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, _WHITE, 1)
-        status = f"{event['label']}  {'+'.join(event['modalities'])}"
+        y0 = 20 + 18 * len(event["probs"]) + 8
+        for j, line in enumerate(modality_lines(event)):
+            cv2.putText(canvas, line, (10, y0 + 16 * j), cv2.FONT_HERSHEY_SIMPLEX, 0.42, _WHITE, 1)
+    if event is not None:
+        status = f"{event['label'] or '-'}  {'+'.join(event['modalities']) or 'no modality'}"
         if event.get("latency_ms") is not None:
             status += f"  latency {event['latency_ms']:.0f} ms"
-        cv2.putText(canvas, status, (10, canvas.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.55, _WHITE, 1)
+        cv2.putText(canvas, status, (10, canvas.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, _WHITE, 2)
     return canvas
+
+
+def modality_lines(event: dict) -> list[str]:
+    """One readable line per modality: what it alone reads and how much it counted, or why it is
+    absent.
+
+    >>> modality_lines({"per_modality": {"face": {"happy": 0.7, "sad": 0.3}}, "reliability": {"face": 0.9},
+    ...                 "absent": {"audio": "no speech"}})
+    ['face: happy 0.70 (reliability 0.90)', 'audio: no speech']
+    """
+    lines = []
+    for m, probs in event.get("per_modality", {}).items():
+        top = max(probs, key=probs.get)
+        r = event.get("reliability", {}).get(m)
+        lines.append(f"{m}: {top} {probs[top]:.2f}" + (f" (reliability {r:.2f})" if r is not None else ""))
+    lines += [f"{m}: {why}" for m, why in event.get("absent", {}).items()]
+    return lines
