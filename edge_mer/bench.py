@@ -375,11 +375,14 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {name} | {st.get('input', '')} | {st['p50_ms']:.2f} | {st['p95_ms']:.2f} |")
     if result.get("pipeline"):
         lines += ["", "| whole pipeline (`edge-mer run --fast`) | precision | events | steady RTF | cold RTF | "
-                  "first event s | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|"]
+                  "first event s | window latency p50 / p95 ms | peak RSS MB |", "|---|---|---:|---:|---:|---:|---:|---:|"]
         for run in result["pipeline"]:
             what = {"vosk": "with ASR (Vosk)", "whisper": "with ASR (Whisper tiny.en)"}.get(run["asr"], "without ASR")
-            lines.append(f"| {what} | {run['precision']} | {run['events']} | {run['steady_rtf']:.3f} | "
-                         f"{run['cold_rtf']:.3f} | {run['time_to_first_event_s']:.2f} | {run['peak_rss_mb']:.0f} |")
+            lat = run["stages"].get("features", {})
+            lat_txt = f"{lat['p50_ms']:.0f} / {lat['p95_ms']:.0f}" if lat else "-"
+            lines.append(f"| {what} | {'as shipped' if run['precision'] == 'auto' else run['precision']} | {run['events']} | "
+                         f"{run['steady_rtf']:.3f} | {run['cold_rtf']:.3f} | {run['time_to_first_event_s']:.2f} | {lat_txt} | "
+                         f"{run['peak_rss_mb']:.0f} |")
     if result.get("vosk"):
         v = result["vosk"]
         lines += ["", f"Vosk alone ({Path(v['model']).parent.name}/{Path(v['model']).name}): load {v['load_s']:.2f} s, "
@@ -452,11 +455,14 @@ def bench_command(args: argparse.Namespace) -> int:
         config_args = [a for path in args.config for a in ("--config", path)]
         config_args += [a for o in args.overrides for a in ("--set", o)]
         window_s = bundle.window().window_s
-        # Without ASR, once per precision of the audio encoder (the text encoder is off without
-        # words), unless the config pins one; with ASR, the configured precision.
+        # Without ASR: as shipped (each encoder at its default precision), then once per other
+        # precision of the audio encoder, pinned (the text encoder is off without words), unless
+        # the config pins one; with ASR, the configured precision.
         precisions = [cfg.runtime.precision]
         if cfg.runtime.precision == "auto" and Modality.AUDIO in bundle.modalities:
-            precisions = sorted(bundle.encoder(Modality.AUDIO)["variants"])
+            variants = bundle.encoder(Modality.AUDIO)["variants"]
+            if len(variants) > 1:
+                precisions += sorted(variants)
         for precision in precisions:
             pinned = [] if precision == "auto" else ["--set", f"runtime.precision={precision}"]
             run = replay(str(bundle.root), clip, window_s, None, pinned + config_args)

@@ -170,6 +170,10 @@ class RuntimeCfg:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)  # ONNX Runtime execution providers
     precision: str = "auto"  # "auto" (best the bundle has for this backend), "fp32", "int8", "fp16"
     threads: int = 0  # intra-op threads per ONNX Runtime session (0 = half the cores, 1 to 4)
+    # The visual stages (face detection, face and landmark encoders) run on their own thread,
+    # beside audio and text, for each window: the results are the same, the wall time the longer
+    # of the two instead of their sum.
+    parallel_stages: bool = True
     # Exponential smoothing time constant of the probabilities, seconds (0 = off). Off by default:
     # the bundle-level evaluation found every tau > 0 lowers clip UA (it carries one utterance
     # into the next); set 0.5-1 for steadier labels on a display.

@@ -119,3 +119,14 @@ def test_manifest_lists_face_first_and_fusion_weights(face_bundle):
     manifest = json.loads((face_bundle / "manifest.json").read_text())
     assert manifest["modalities"] == ["face", "audio"]
     assert manifest["fusion"] == {"weights": {"face": 1.0, "audio": 1.0}}
+
+
+@pytest.mark.slow
+def test_visual_stages_on_their_own_thread_change_nothing_but_time(face_bundle, capsys):
+    runs = {}
+    for parallel in ("true", "false"):
+        rc, events, _ = run(["--bundle", str(face_bundle), "--video", str(SAMPLE), *FAST,
+                             "--set", f"runtime.parallel_stages={parallel}"], capsys)
+        assert rc == 0
+        runs[parallel] = [{k: v for k, v in e.items() if k != "latency_ms"} for e in events]
+    assert runs["true"] == runs["false"]

@@ -61,7 +61,7 @@ def test_bench_writes_every_stage_and_the_pipeline_figures(bundle, tmp_path, cap
     for st in result["stages"].values():
         assert st["count"] == 3 and 0 < st["p50_ms"] <= st["p95_ms"]
     (run,) = result["pipeline"]  # the fixture's audio encoder has one precision
-    assert run["precision"] == "fp32" and run["asr"] is None
+    assert run["precision"] == "auto" and run["asr"] is None  # as shipped
     assert run["events"] == 22  # 12.9 s clip, 2 s windows, 0.5 s hop
     assert 0 < run["time_to_first_event_s"] < run["wall_s"]
     assert run["peak_rss_mb"] > 50 and run["steady_rtf"] > 0

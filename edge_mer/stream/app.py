@@ -369,6 +369,7 @@ def _run(args: argparse.Namespace) -> int:
             stats.drops["windows"] = queue.dropped
         if extractor is not None:
             stats.drops.update(extractor.drops())
+            extractor.close()
         for sink in sinks:
             try:
                 sink.close(ok)

@@ -57,11 +57,21 @@ class FeatureExtractor:
     """Everything between a window and the fusion: the face counter and the modality stages."""
 
     def __init__(self, stages: list[Stage], absent_reason: dict[str, str], stats: Stats,
-                 face_count: FaceCountStage | None = None) -> None:
+                 face_count: FaceCountStage | None = None, parallel: bool = False) -> None:
         self.stages = stages
         self.absent_reason = absent_reason  # modalities that can never be present this session
         self.stats = stats
         self.face_count = face_count
+        # With runtime.parallel_stages the visual stages (which share the face observer, so run
+        # in order among themselves) run on a worker thread while audio and text run here; each
+        # writes only its own modality's entries, so the result does not depend on the timing.
+        self._visual = [s for s in stages if s.modality in (Modality.FACE, Modality.LANDMARKS)]
+        self._other = [s for s in stages if s not in self._visual]
+        self._pool = None
+        if parallel and (self._visual or face_count is not None) and self._other:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-mer-visual")
 
     @property
     def modalities(self) -> tuple[Modality, ...]:
@@ -94,15 +104,33 @@ class FeatureExtractor:
         for m, why in absent.items():
             if not why.startswith("the bundle has no"):
                 log.warning("%s modality off for this run: %s", m, why)
-        return cls(stages, absent, stats, face_count)
+        return cls(stages, absent, stats, face_count, parallel=cfg.runtime.parallel_stages)
 
     def __call__(self, window: Window) -> WindowFeatures:
         out = WindowFeatures(absent=dict(self.absent_reason))
+        if self._pool is None:
+            self._visual_part(window, out)
+            for stage in self._other:
+                stage(window, out)
+            return out
+        visual = self._pool.submit(self._visual_part, window, out)
+        try:
+            for stage in self._other:
+                stage(window, out)
+        finally:
+            visual.result()  # re-raises the visual stages' error, if any
+        return out
+
+    def _visual_part(self, window: Window, out: WindowFeatures) -> None:
         if self.face_count is not None:
             self.face_count(window, out)
-        for stage in self.stages:
+        for stage in self._visual:
             stage(window, out)
-        return out
+
+    def close(self) -> None:
+        """Stop the worker thread (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def start(self) -> None:
         """Start the background stages (speech-to-text) before the source runs."""
