@@ -120,3 +120,13 @@ def test_run_with_a_wrong_whisper_directory_fails_in_one_line(bundles, capsys, t
     err = capsys.readouterr().err
     assert rc != 0
     assert f"Whisper model {tmp_path / 'nowhere'}: directory not found" in err
+
+
+@pytest.mark.slow
+def test_run_audio_file_emits_english_words(asr, bundles, capsys, tmp_path):  # noqa: F811
+    wav = make_speech(tmp_path / "english.flac", "Kids are talking by the door", rate_hz=44100)
+    rc, events, _ = run(["--bundle", str(bundles["audio+text"]), "--audio", str(wav), *FAST,
+                         "--asr", "whisper", "--emit-text"], capsys)
+    assert rc == 0 and events
+    heard = " ".join(e["text"] for e in events if "text" in e["modalities"])
+    assert word_errors("kids are talking by the door", " ".join(dict.fromkeys(heard.split())))[0] <= 1
