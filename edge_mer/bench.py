@@ -319,13 +319,11 @@ def replay(bundle_dir: str, clip: ClipInputs, window_s: float, vosk_model: Path 
     }
 
 
-def whisper_rtf(clip: ClipInputs, chunk_s: float = 0.1) -> dict:
-    """Whisper tiny.en alone (one thread, the stream the text stage feeds): load time, and
-    decoding time over audio time in ``chunk_s`` chunks."""
-    from edge_mer.backends.whisper_asr import WhisperAsr
-
+def asr_rtf(load, clip: ClipInputs, chunk_s: float = 0.1) -> dict:
+    """One speech-to-text model alone (``load()`` returns it): load time, and decoding time over
+    audio time in ``chunk_s`` chunks, the way the text stage feeds it."""
     t0 = time.perf_counter()
-    asr = WhisperAsr.from_package(clip.sample_rate_hz, threads=1)
+    asr = load()
     load_s = time.perf_counter() - t0
     stream = asr.create_stream()
     n = int(round(chunk_s * clip.sample_rate_hz))
@@ -339,23 +337,18 @@ def whisper_rtf(clip: ClipInputs, chunk_s: float = 0.1) -> dict:
             "words": len(stream.words())}
 
 
-def vosk_rtf(model_dir: Path, clip: ClipInputs, chunk_s: float = 0.1) -> dict:
-    """Vosk alone: load time, and decoding time over audio time in ``chunk_s`` chunks."""
+def whisper_rtf(clip: ClipInputs) -> dict:
+    """Whisper tiny.en alone (CTranslate2 INT8, one thread)."""
+    from edge_mer.backends.whisper_asr import WhisperAsr
+
+    return asr_rtf(lambda: WhisperAsr.from_package(clip.sample_rate_hz, threads=1), clip)
+
+
+def vosk_rtf(model_dir: Path, clip: ClipInputs) -> dict:
+    """Vosk alone, from ``model_dir``."""
     from edge_mer.backends.vosk_asr import VoskAsr
 
-    t0 = time.perf_counter()
-    asr = VoskAsr.from_dir(model_dir, clip.sample_rate_hz)
-    load_s = time.perf_counter() - t0
-    stream = asr.create_stream()
-    n = int(round(chunk_s * clip.sample_rate_hz))
-    t0 = time.perf_counter()
-    for start in range(0, clip.audio.size, n):
-        stream.accept(clip.audio[start : start + n])
-    stream.finish()
-    decode_s = time.perf_counter() - t0
-    return {"model": str(model_dir), "load_s": round(load_s, 3), "audio_s": round(clip.duration_s, 3),
-            "decode_s": round(decode_s, 3), "rtf": round(decode_s / clip.duration_s, 4),
-            "words": len(stream.words())}
+    return asr_rtf(lambda: VoskAsr.from_dir(model_dir, clip.sample_rate_hz), clip)
 
 
 # --------------------------------------------------------------------------- report

@@ -15,6 +15,7 @@ import numpy as np
 
 from edge_mer.config import FaceCfg
 from edge_mer.errors import ConfigError
+from edge_mer.stream.stages.face import crop_face  # the runtime's own crop: train/serve parity
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,6 @@ def select_face(boxes: np.ndarray, previous: np.ndarray | None, mode: str) -> in
         if overlap.max() > 0.3:
             return int(overlap.argmax())
     return int(_area(boxes).argmax())
-
-
-def crop_face(frame_rgb: np.ndarray, box: np.ndarray, margin_px: int, size: int) -> np.ndarray:
-    """A square crop centred on ``box`` (longest side + ``margin_px`` each side), zero-padded where
-    it leaves the frame, resized to ``size`` x ``size``. A square crop keeps the face's aspect."""
-    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-    half = max(box[2] - box[0], box[3] - box[1]) / 2.0 + margin_px
-    x1, y1 = int(round(cx - half)), int(round(cy - half))
-    side = max(1, int(round(2 * half)))
-    h, w = frame_rgb.shape[:2]
-    pad = max(0, -x1, -y1, x1 + side - w, y1 + side - h)
-    if pad:
-        frame_rgb = cv2.copyMakeBorder(frame_rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
-        x1, y1 = x1 + pad, y1 + pad
-    crop = frame_rgb[y1 : y1 + side, x1 : x1 + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
 
 
 class FaceDetector:

@@ -92,7 +92,34 @@ class VoskAsr:
         return AsrStream(rec, self.sample_rate_hz, t0_s)
 
 
-class AsrStream:
+class WordStream:
+    """What every speech-to-text stream keeps: final words, the current partial ones, the clock."""
+
+    sample_rate_hz: int
+    t0_s: float
+    samples_fed: int
+    _final: list[Word]
+    _partial: list[Word]
+
+    @property
+    def t_end_s(self) -> float:
+        """Stream time just after the last sample fed."""
+        return self.t0_s + self.samples_fed / self.sample_rate_hz
+
+    def words(self, since_s: float | None = None) -> list[Word]:
+        """Final words and the current partial ones, in time order; ``since_s`` keeps the words
+        ending after it."""
+        out = self._final + self._partial
+        if since_s is not None:
+            out = [w for w in out if w.end_s > since_s]
+        return out
+
+    def forget_before(self, t_s: float) -> None:
+        """Drop final words that ended before ``t_s`` (bounds memory on long sessions)."""
+        self._final = [w for w in self._final if w.end_s >= t_s]
+
+
+class AsrStream(WordStream):
     """Per-session recognition state: feed samples in order, read words with times."""
 
     def __init__(self, recognizer, sample_rate_hz: int, t0_s: float) -> None:
@@ -102,11 +129,6 @@ class AsrStream:
         self.samples_fed = 0
         self._final: list[Word] = []
         self._partial: list[Word] = []
-
-    @property
-    def t_end_s(self) -> float:
-        """Stream time just after the last sample fed."""
-        return self.t0_s + self.samples_fed / self.sample_rate_hz
 
     def accept(self, samples: np.ndarray) -> None:
         """Feed mono float32 samples in [-1, 1] (converted to 16-bit PCM, what Vosk reads)."""
@@ -124,18 +146,6 @@ class AsrStream:
         """End of audio: finalise the last utterance."""
         self._take(json.loads(self._rec.FinalResult()).get("result", []), final=True)
         self._partial = []
-
-    def words(self, since_s: float | None = None) -> list[Word]:
-        """Final words and the current partial ones, in time order; ``since_s`` keeps the words
-        ending after it."""
-        out = self._final + self._partial
-        if since_s is not None:
-            out = [w for w in out if w.end_s > since_s]
-        return out
-
-    def forget_before(self, t_s: float) -> None:
-        """Drop final words that ended before ``t_s`` (bounds memory on long sessions)."""
-        self._final = [w for w in self._final if w.end_s >= t_s]
 
     def _parse(self, items: list[dict], final: bool) -> list[Word]:
         return [

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_mer.backends.vosk_asr import Word
+from edge_mer.backends.vosk_asr import Word, WordStream
 from edge_mer.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class WhisperAsr:
         return text, float(res.no_speech_prob), float(res.scores[0]) if res.scores else 0.0
 
 
-class WhisperStream:
+class WhisperStream(WordStream):
     """Per-session state: feed samples in order, read words with times (see the module docstring)."""
 
     def __init__(self, asr: WhisperAsr, t0_s: float) -> None:
@@ -202,10 +202,6 @@ class WhisperStream:
         self._since_decode = 0  # frames added since the last partial decode
         self._last: tuple[tuple[int, int], list[Word]] | None = None  # the last decode's span and words
         self._floor_db = self.cfg.floor_min_dbfs - self.cfg.voiced_above_floor_db
-
-    @property
-    def t_end_s(self) -> float:
-        return self.t0_s + self.samples_fed / self.sample_rate_hz
 
     def accept(self, samples: np.ndarray) -> None:
         """Feed mono float32 samples in [-1, 1]."""
@@ -248,15 +244,6 @@ class WhisperStream:
         self._pending = np.zeros(0, np.float32)
         if self._utt:
             self._close()
-
-    def words(self, since_s: float | None = None) -> list[Word]:
-        out = self._final + self._partial
-        if since_s is not None:
-            out = [w for w in out if w.end_s > since_s]
-        return out
-
-    def forget_before(self, t_s: float) -> None:
-        self._final = [w for w in self._final if w.end_s >= t_s]
 
     def _close(self) -> None:
         self._final.extend(self._decode(final=True))
