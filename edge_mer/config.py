@@ -1,8 +1,10 @@
 """Configuration: one frozen dataclass per section, loaded strictly from TOML or YAML.
 
 A run's config is built from the defaults below, then each file given with ``--config`` (later
-files win), then each ``--set section.key=value``. An unknown key, a wrong type or a missing file
-is a :class:`~edge_mer.errors.ConfigError` whose one line names the file and the key. Every run
+files win), then each ``--set section.key=value``. An unknown key, a wrong type, a value out of
+its range (:data:`RANGES`, checked by :func:`validate`; a bundle's ``window`` and ``features``
+too) or a missing file is a :class:`~edge_mer.errors.ConfigError` whose one line names the file
+and the key. Every run
 writes the resolved config next to its outputs with :func:`save_config`.
 
 >>> cfg = load_config([], ["train.lr=3e-4"])
@@ -306,6 +308,90 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> Confi
     return dataclasses.replace(cfg, **{section: new_section})
 
 
+# --------------------------------------------------------------------------- ranges
+
+
+def _above(lo: float) -> tuple[Any, str]:
+    return (lambda x: x > lo), f"> {lo:g}"
+
+
+def _at_least(lo: float) -> tuple[Any, str]:
+    return (lambda x: x >= lo), f">= {lo:g}"
+
+
+def _between(lo: float, hi: float) -> tuple[Any, str]:
+    return (lambda x: lo <= x <= hi), f"{lo:g} to {hi:g}"
+
+
+def _inside(lo: float, hi: float) -> tuple[Any, str]:
+    return (lambda x: lo < x < hi), f"{lo:g} < x < {hi:g}"
+
+
+def _one_of(*choices: str) -> tuple[Any, str]:
+    return (lambda x: x in choices), "one of " + ", ".join(choices)
+
+
+# The valid range of each bounded setting, ``section.key``: (check, range as users read it). A
+# tuple value is checked element by element. :func:`validate` is the one place they are checked.
+RANGES: dict[str, tuple[Any, str]] = {
+    "audio.sample_rate_hz": _at_least(1),
+    "audio.n_fft": _at_least(1),
+    "audio.win_length": _at_least(1),
+    "audio.hop_length": _at_least(1),
+    "audio.n_mels": _at_least(1),
+    "audio.f_min_hz": _at_least(0),
+    "audio.f_max_hz": _above(0),
+    "audio.log_offset": _above(0),
+    "face.image_size": _at_least(1),
+    "face.margin_px": _at_least(0),
+    "face.frames_per_window": _at_least(1),
+    "face.min_face_size_px": _at_least(12),  # MTCNN's P-Net cell
+    "face.thresholds": _between(0, 1),
+    "face.scale_factor": _inside(0, 1),
+    "face.detect_every_n": _at_least(1),
+    "face.min_face_fraction": _between(0, 1),
+    "face.sample_fps": _above(0),
+    "landmarks.frames_per_window": _at_least(1),
+    "text.max_tokens": _at_least(1),
+    "text.context_s": _at_least(0),
+    "window.window_s": _above(0),
+    "window.hop_s": _above(0),
+    "runtime.threads": _at_least(0),
+    "runtime.smoothing_tau_s": _at_least(0),
+    "runtime.user_norm_prior_windows": _at_least(0),
+    "runtime.user_norm_memory_windows": _at_least(1),
+    "runtime.population_blend_windows": _at_least(0),
+    "runtime.queue_size": _at_least(1),
+    "runtime.drop_policy": _one_of("oldest", "newest"),  # edge_mer.stream.sources.DROP_POLICIES
+    "runtime.source_retry_s": _at_least(0),
+    "runtime.websocket_port": _between(0, 65535),
+    "runtime.vad_threshold": _between(0, 1),
+    "runtime.vad_min_speech_fraction": _between(0, 1),
+}
+
+
+def validate_section(section: str, values: Any, where: str) -> None:
+    """Raise a one-line ConfigError naming ``where``, the key, its value and the valid range
+    when a setting of ``values`` (one section's dataclass) is out of range."""
+    for f in dataclasses.fields(values):
+        rule = RANGES.get(f"{section}.{f.name}")
+        if rule is None:
+            continue
+        check, valid = rule
+        value = getattr(values, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        if not all(check(v) for v in items):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{where}: {section}.{f.name} = {shown!r} is out of range (valid: {valid})")
+
+
+def validate(cfg: Config, where: str) -> Config:
+    """Check every bounded setting of ``cfg`` (see :data:`RANGES`); returns ``cfg``."""
+    for section in SECTIONS:
+        validate_section(section, getattr(cfg, section), where)
+    return cfg
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -372,14 +458,15 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def load_config(paths: list[str | os.PathLike] | tuple = (), overrides: list[str] | tuple = ()) -> Config:
-    """Defaults, then each file in ``paths`` in order, then each ``--set`` override."""
+    """Defaults, then each file in ``paths`` in order, then each ``--set`` override; each step
+    is checked against :data:`RANGES`."""
     cfg = Config()
     for path in paths:
         path = Path(path)
-        cfg = apply_mapping(cfg, _read_file(path), str(path))
+        cfg = validate(apply_mapping(cfg, _read_file(path), str(path)), str(path))
     for text in overrides:
         section, key, value = parse_override(text)
-        cfg = _apply(cfg, section, key, value, f"--set {text}")
+        cfg = validate(_apply(cfg, section, key, value, f"--set {text}"), f"--set {text}")
     return cfg
 
 
@@ -395,6 +482,7 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 def section_from_dict(section: str, data: dict[str, Any], where: str) -> Any:
     """Build one section's dataclass strictly from a plain dict (e.g. a bundle manifest)."""
     cfg = apply_mapping(Config(), {section: data}, where)
+    validate_section(section, getattr(cfg, section), where)
     return getattr(cfg, section)
 
 

@@ -125,6 +125,9 @@ class Corpus:
 
         return self._edit_manifest(path, edit)
 
+    def _make_bundle_zero_hop(self, path: Path) -> Path:
+        return self._edit_manifest(path, lambda m: m["window"].update(hop_s=0))
+
     def _make_no_manifest(self, path: Path) -> Path:
         path.mkdir(parents=True)
         (path / "README").write_text("not a bundle\n")
@@ -374,6 +377,12 @@ CASES: dict[str, Case] = {
     "config-missing-file": Case("config", ("--config", "{root}/none.toml"), 2, ("none.toml", "not found")),
     "run-wrong-type-set": Case("run", ("--bundle", B, "--audio", "{speech-wav}", "--out", "{out}", "--set",
                                        "runtime.queue_size=big"), 2, ("runtime.queue_size",)),
+    "run-scale-factor-out-of-range": Case("run", ("--bundle", B, "--audio", "{speech-wav}", "--out", "{out}", "--set",
+                                                  "face.scale_factor=1.5"), 2, ("face.scale_factor = 1.5", "0 < x < 1")),
+    "run-threads-negative": Case("run", ("--bundle", B, "--audio", "{speech-wav}", "--out", "{out}", "--set",
+                                         "runtime.threads=-1"), 2, ("runtime.threads = -1", ">= 0")),
+    "run-bundle-zero-hop": Case("run", ("--bundle", "{bundle-zero-hop}", "--audio", "{speech-wav}", "--out", "{out}"),
+                                2, ("bundle-zero-hop", "window.hop_s = 0", "> 0")),
     # ------------------------------------------------------------------ edge-mer bench
     "bench-missing-clip": Case("bench", ("--bundle", B, "--clip", "{root}/none.mp4", "--json", "{out}"), 3,
                                ("none.mp4", "not found")),

@@ -108,3 +108,60 @@ def test_cli_config_prints_resolved(capsys):
     out = capsys.readouterr().out
     assert "[window]\nwindow_s = 2.0\nhop_s = 0.25\n" in out
     assert dump_toml(Config()).count("[") >= 10
+
+
+@pytest.mark.parametrize("override, valid", [
+    ("face.scale_factor=1.5", "0 < x < 1"),
+    ("face.scale_factor=0", "0 < x < 1"),
+    ("face.min_face_size_px=5", ">= 12"),
+    ("face.detect_every_n=0", ">= 1"),
+    ("face.min_face_fraction=1.5", "0 to 1"),
+    ("face.thresholds=[0.6, 0.7, 7.0]", "0 to 1"),
+    ("runtime.threads=-2", ">= 0"),
+    ("runtime.queue_size=0", ">= 1"),
+    ("runtime.drop_policy='middle'", "one of oldest, newest"),
+    ("runtime.vad_threshold=2", "0 to 1"),
+    ("window.window_s=0", "> 0"),
+    ("window.hop_s=-0.5", "> 0"),
+])
+def test_out_of_range_override_names_key_value_and_range(override, valid):
+    key = override.split("=", 1)[0]
+    with pytest.raises(ConfigError) as err:
+        load_config([], [override])
+    message = str(err.value)
+    assert message.startswith(f"--set {override}: {key} = "), message
+    assert message.endswith(f"is out of range (valid: {valid})"), message
+
+
+def test_out_of_range_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "far.toml"
+    path.write_text("[face]\ndetect_every_n = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path])
+    assert str(err.value) == f"{path}: face.detect_every_n = 0 is out of range (valid: >= 1)"
+    # A later --set that puts it back in range does not rescue the file: each step is checked.
+    with pytest.raises(ConfigError):
+        load_config([path], ["face.detect_every_n=5"])
+
+
+def test_out_of_range_bundle_window_and_features(tmp_path):
+    import json
+
+    from run_fixtures import make_bundle
+
+    from edge_mer.bundle import Bundle
+
+    root = make_bundle(tmp_path / "b", ["audio"], [["audio"]], hop_s=0.0)
+    with pytest.raises(ConfigError, match=r"window: window.hop_s = 0.0 is out of range \(valid: > 0\)"):
+        Bundle.load(root).window()
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["features"]["audio"]["n_mels"] = 0
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"features.audio: audio.n_mels = 0 is out of range \(valid: >= 1\)"):
+        Bundle.load(root).feature_cfg("audio")
+
+
+def test_cli_out_of_range_is_one_line(capsys):
+    assert main(["config", "--set", "face.scale_factor=1.2"]) == 2
+    err = capsys.readouterr().err
+    assert err == "edge-mer: error: --set face.scale_factor=1.2: face.scale_factor = 1.2 is out of range (valid: 0 < x < 1)\n"

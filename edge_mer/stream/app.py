@@ -30,7 +30,7 @@ from typing import Callable
 from edge_mer.config import Config, RuntimeCfg, load_config, save_config
 from edge_mer.errors import DeviceError, EdgeMerError
 from edge_mer.modality import Modality
-from edge_mer.stream.sources import DROP_POLICIES, BoundedQueue, FileSource, Frame, LiveSource, Source, camera_spec
+from edge_mer.stream.sources import BoundedQueue, FileSource, Frame, LiveSource, Source, camera_spec
 from edge_mer.stream.stats import Stats
 from edge_mer.stream.windower import Window, Windower
 
@@ -98,14 +98,7 @@ def _check_args(args: argparse.Namespace, runtime: RuntimeCfg) -> None:
         raise EdgeMerError("a file source (--video/--audio) cannot be combined with --camera or --mic")
     if args.fast and not files:
         raise EdgeMerError("--fast replays a file; it needs --video or --audio")
-    if runtime.drop_policy not in DROP_POLICIES:
-        raise EdgeMerError(f"runtime.drop_policy must be one of {', '.join(DROP_POLICIES)}, got {runtime.drop_policy!r}")
-    if runtime.smoothing_tau_s < 0:
-        raise EdgeMerError(f"runtime.smoothing_tau_s must be >= 0 seconds, got {runtime.smoothing_tau_s}")
-    if runtime.population_blend_windows < 0:
-        raise EdgeMerError(f"runtime.population_blend_windows must be >= 0 windows, got {runtime.population_blend_windows}")
-    if runtime.queue_size < 1:
-        raise EdgeMerError(f"runtime.queue_size must be at least 1, got {runtime.queue_size}")
+    # Value ranges (runtime.queue_size, runtime.drop_policy, ...) are checked by load_config.
 
 
 def _mic_device(text: str | None) -> str | int | None:
