@@ -54,6 +54,13 @@ class MediaInfo:
     video_fps: float | None
     width: int | None
     height: int | None
+    format_name: str | None = None  # FFmpeg's demuxer name(s), e.g. "mov,mp4,m4a,3gp,3g2,mj2", "image2"
+
+    @property
+    def still_image(self) -> bool:
+        """A picture (JPEG, PNG, ...) read by FFmpeg's image demuxers, not a recording."""
+        names = (self.format_name or "").split(",")
+        return any(n in ("image2", "image2pipe") or n.endswith("_pipe") for n in names)
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -75,6 +82,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
             video_fps=fps,
             width=v.codec_context.width if v is not None else None,
             height=v.codec_context.height if v is not None else None,
+            format_name=container.format.name if container.format is not None else None,
         )
 
 

@@ -171,6 +171,17 @@ class Corpus:
         _ffmpeg("-i", str(SAMPLE), "-vn", "-c:a", "copy", str(out))
         return out
 
+    def _make_text_named_flac(self, path: Path) -> Path:
+        # FFmpeg opens it as FLAC (by its name) and decodes nothing.
+        out = path.with_suffix(".flac")
+        out.write_text("these are words in a text file, not sound\n" * 20)
+        return out
+
+    def _make_jpeg_as_video(self, path: Path) -> Path:
+        out = path.with_suffix(".jpg")
+        _ffmpeg("-i", str(SAMPLE), "-frames:v", "1", str(out))
+        return out
+
     def _make_rate_8k_wav(self, path: Path) -> Path:
         return make_speech(path.with_suffix(".wav"), rate_hz=8000)
 
@@ -317,6 +328,10 @@ CASES: dict[str, Case] = {
                             ("header-only-mp4.mp4",)),
     "run-missing-file": Case("run", ("--bundle", B, "--audio", "{root}/no-such.wav", *FAST), 3,
                              ("no-such.wav", "not found")),
+    "run-text-named-flac": Case("run", ("--bundle", B, "--audio", "{text-named-flac}", "--out", "{out}", *FAST), 3,
+                                ("text-named-flac.flac", "decodes to no audio samples")),
+    "run-jpeg-as-video": Case("run", ("--bundle", B, "--video", "{jpeg-as-video}", "--out", "{out}", *FAST), 3,
+                              ("jpeg-as-video.jpg", "is a still image")),
     "run-truncated-video": Case("run", ("--bundle", B, "--video", "{truncated-mp4}", *FAST), degraded=_all_have_label),
     "run-video-without-audio": Case("run", ("--bundle", B, "--video", "{video-only-mp4}", *FAST), 3,
                                     ("video-only-mp4.mp4", "no audio")),

@@ -170,3 +170,18 @@ def test_camera_thread_with_a_file_as_the_device():
     assert all(b.t_s > a.t_s and b.seq > a.seq for a, b in zip(items, items[1:]))
     assert items[0].bgr.shape == (360, 480, 3)
     assert set(live.drops()) == {"frames", "audio_chunks"} and live.camera is None  # closed at the end
+
+
+def test_a_file_that_decodes_to_nothing_is_a_media_error(tmp_path):
+    # A text file named .flac: FFmpeg opens it by its name and decodes no sample.
+    text = tmp_path / "notes.flac"
+    text.write_text("not sound\n" * 50)
+    with pytest.raises(MediaError, match="notes.flac: decodes to no audio samples and no video frames"):
+        list(FileSource(text, SR, realtime=False))
+    # A picture given as a video (with a bundle that reads frames): not a recording.
+    import subprocess
+
+    jpg = tmp_path / "still.jpg"
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(SAMPLE), "-frames:v", "1", str(jpg)], check=True)
+    with pytest.raises(MediaError, match=r"still.jpg: is a still image \(image2\)"):
+        FileSource(jpg, SR, realtime=False, use_video=True)

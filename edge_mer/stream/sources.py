@@ -168,6 +168,8 @@ class FileSource(Source):
         super().__init__()
         self.path = Path(path)
         info = probe(self.path)  # raises a one-line MediaError for a missing or unreadable file
+        if info.still_image:
+            raise MediaError(f"{self.path}: is a still image ({info.format_name}), not a video or audio recording")
         self.duration_s = info.duration_s
         self.has_video = bool(use_video and info.has_video)
         self.has_audio = bool(use_audio and info.has_audio)
@@ -250,6 +252,10 @@ class FileSource(Source):
                     if data.size:
                         yield AudioChunk((audio_t0 or 0.0) + audio_samples / self.sample_rate_hz, n_chunks, data)
                         audio_samples += data.size
+            if n_frames == 0 and audio_samples == 0:
+                # FFmpeg opens some non-media files (a text file named .flac) and decodes nothing.
+                raise MediaError(f"{self.path}: decodes to no audio samples and no video frames "
+                                 "(not a media file, or its tracks are empty)")
             # FFmpeg ends a cut-off file quietly: say so, or a truncated recording looks whole.
             decoded_s = max(last_frame_t, (audio_t0 or 0.0) + audio_samples / self.sample_rate_hz)
             if self.duration_s and decoded_s < self.duration_s - 1.0:
