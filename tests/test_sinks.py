@@ -1,12 +1,16 @@
-"""Sinks: JSON Lines on a stream and into a file (written as FILE.partial, renamed at a clean end),
-the WebSocket server (a real client receives the events; bound to 127.0.0.1 by default), the
+"""Sinks: JSON Lines on a stream and into a file (written as FILE.partial, renamed at a clean end;
+a symlink followed, a FIFO or device written directly, a second writer refused), the WebSocket server (a real client receives the events; bound to 127.0.0.1 by default), the
 headless display error and the --record writer."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import queue
 import socket
+import stat
+import threading
 import time
 import wave
 
@@ -50,6 +54,75 @@ def test_interrupted_run_leaves_no_file_under_the_final_name(tmp_path):
 def test_jsonl_file_on_a_directory_is_a_one_line_error(tmp_path):
     with pytest.raises(EdgeMerError, match="is a directory"):
         JsonlFileSink(tmp_path)
+
+
+def test_out_onto_a_fifo_writes_it_line_by_line_and_leaves_it_a_fifo(tmp_path):
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    lines: queue.Queue = queue.Queue()
+
+    def reader() -> None:
+        with open(fifo, encoding="utf-8") as fh:
+            for line in fh:
+                lines.put(line)
+        lines.put(None)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    sink = JsonlFileSink(fifo)  # opening a FIFO waits for its reader
+    sink.send(EVENTS[0])
+    assert json.loads(lines.get(timeout=10)) == EVENTS[0]  # flushed per event, before the end
+    for e in EVENTS[1:]:
+        sink.send(e)
+    sink.close(ok=True)
+    got = [json.loads(line) for line in iter(lambda: lines.get(timeout=10), None)]
+    thread.join(timeout=10)
+    assert got == EVENTS[1:]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # not replaced by a regular file
+    assert [p.name for p in tmp_path.iterdir()] == ["events.fifo"]  # no .partial beside it
+
+
+def test_out_onto_a_symlink_writes_its_target_atomically(tmp_path):
+    target = tmp_path / "store" / "events.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "events.jsonl"
+    link.symlink_to(target)
+    sink = JsonlFileSink(link)
+    sink.send(EVENTS[0])
+    assert target.read_text() == "old\n" and (target.parent / "events.jsonl.partial").is_file()
+    sink.close(ok=True)
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link stays a link
+    assert [json.loads(x) for x in target.read_text().splitlines()] == [EVENTS[0]]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["events.jsonl"]
+
+
+def test_out_onto_dev_null_is_written_directly():
+    sink = JsonlFileSink(os.devnull)
+    if sink.partial is not None:  # (a sink that would rename a file over /dev/null: never let it)
+        sink._fh.close()
+        sink.partial.unlink()
+        pytest.fail(f"--out {os.devnull} is written through {sink.partial}")
+    for e in EVENTS:
+        sink.send(e)
+    sink.close(ok=True)
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
+def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
+    out = tmp_path / "events.jsonl"
+    first = JsonlFileSink(out)
+    first.send(EVENTS[0])
+    with pytest.raises(EdgeMerError, match="another run is writing it"):
+        JsonlFileSink(out)
+    with pytest.raises(EdgeMerError, match="another run is writing it"):
+        JsonlFileSink(tmp_path / "." / "events.jsonl")  # the same file by another name
+    first.send(EVENTS[1])
+    first.close(ok=True)
+    assert [json.loads(x) for x in out.read_text().splitlines()] == EVENTS[:2]  # the refused ones emptied nothing
+    again = JsonlFileSink(out)  # the lock went with the first writer
+    again.close(ok=True)
+    assert out.read_text() == ""
 
 
 def test_ws_address_parsing():

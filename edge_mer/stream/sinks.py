@@ -1,8 +1,9 @@
 """Sinks: where events go. JSON Lines on stdout or into a file, and a local WebSocket server.
 
 Every sink has ``send(event)`` and ``close(ok)``. The file sink writes ``FILE.partial`` and
-renames it to ``FILE`` only when the run ends cleanly, so an interrupted run never leaves a
-half-written file under the final name. The WebSocket server binds to 127.0.0.1 unless told
+renames it to ``FILE`` only when the run ends (cleanly, or stopped by a signal), so a failed run
+never leaves a half-written file under the final name; it follows a symlink, writes a device or
+FIFO directly, and refuses a second run writing the same file. The WebSocket server binds to 127.0.0.1 unless told
 otherwise: emotion estimates of a person are not something to publish on the network by default.
 
 >>> sink = JsonlSink(sys.stdout)                         # doctest: +SKIP
@@ -16,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import IO
@@ -52,19 +54,38 @@ class JsonlSink(Sink):
 
 
 class JsonlFileSink(Sink):
-    """JSON Lines into ``path`` via ``path.partial``, renamed at a clean end."""
+    """JSON Lines into ``path``, by the kind of path it is:
+
+    - a regular file, or a new name: written as ``path.partial``, fsynced and renamed to ``path``
+      at a clean end, under an advisory lock (``flock`` on the ``.partial``) that refuses a second
+      run writing the same file with a one-line error;
+    - a symbolic link: followed, its target written as above; the link stays a link;
+    - a character device, FIFO or socket (``/dev/null``, a named pipe, ``/dev/stdout``): written
+      directly, one flushed line per event (opening a FIFO waits for its reader); nothing renamed.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise EdgeMerError(f"--out {self.path}: is a directory (give a file name such as events.jsonl)")
-        self.partial = self.path.with_name(self.path.name + ".partial")
         self.written = 0
+        self.partial: Path | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.partial, "w", encoding="utf-8")
+            if _is_stream(self.path):
+                self.target = self.path
+                self._fh = open(self.path, "a", encoding="utf-8")
+                return
+            self.target = Path(os.path.realpath(self.path))  # a symlink is followed, never replaced
+            if self.target.is_dir():
+                raise EdgeMerError(f"--out {self.path}: links to a directory, {self.target}")
+            self.partial = self.target.with_name(self.target.name + ".partial")
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            fh = _open_locked(self.partial)
         except OSError as exc:
             raise EdgeMerError(f"--out {self.path}: cannot write ({exc.strerror})") from None
+        if fh is None:
+            raise EdgeMerError(f"--out {self.path}: another run is writing it (it holds the lock on {self.partial})")
+        self._fh = fh
 
     def send(self, event: dict) -> None:
         self._fh.write(encode_event(event) + "\n")
@@ -74,15 +95,57 @@ class JsonlFileSink(Sink):
     def close(self, ok: bool = True) -> None:
         if self._fh.closed:
             return
+        if self.partial is None:  # a device or FIFO: each line is already out
+            self._fh.close()
+            return
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self._fh.close()
+        # Renamed or removed while the lock is held, so no other run can take the .partial meanwhile.
         if ok:
-            os.replace(self.partial, self.path)
+            os.replace(self.partial, self.target)
         elif self.written:
             log.warning("run did not finish: its %d events so far are in %s", self.written, self.partial)
         else:
             self.partial.unlink()  # failed before the first event: leave nothing behind
+        self._fh.close()
+
+
+def _is_stream(path: Path) -> bool:
+    """Whether ``--out`` is written directly: a character device, FIFO or socket (symlinks
+    followed), or a path under /dev or /proc (``/dev/stdout`` even when it leads to a file)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # a new name (or a dangling link): a file to create
+    if str(path.absolute()).startswith(("/dev/", "/proc/")):
+        return True
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _open_locked(path: Path) -> IO[str] | None:
+    """``path`` opened for writing, emptied, with an exclusive advisory lock; None when another
+    process holds the lock. Not truncated before the lock is ours (that would empty the other
+    run's file)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return open(path, "w", encoding="utf-8")
+    while True:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            os.ftruncate(fd, 0)
+            return os.fdopen(fd, "w", encoding="utf-8")
+        # The run that held it renamed or removed it between our open and our lock: again.
+        os.close(fd)
 
 
 def parse_ws_address(text: str, default_host: str) -> tuple[str, int]:
@@ -123,7 +186,7 @@ class WebSocketSink(Sink):
         if host not in ("127.0.0.1", "::1", "localhost"):
             log.warning("WebSocket sink listens on %s:%d: emotion events are reachable from the network", host, self.port)
         else:
-            log.info("WebSocket sink on ws://%s:%d", host, self.port)
+            log.info("WebSocket sink on %s", self.url)
 
     def _run(self, host: str, port: int) -> None:
         asyncio.set_event_loop(self._loop)
@@ -147,6 +210,12 @@ class WebSocketSink(Sink):
         await self._stop
         self._server.close()
         await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        """``ws://HOST:PORT`` with the port actually bound (``--ws 0``: one the system chose)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}"
 
     @property
     def clients(self) -> int:
