@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeMerError as exc:
         print(f"edge-mer: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or errors.Interrupted: 128 + the signal's number
+        return getattr(exc, "exit_code", 130)
     except BrokenPipeError:
         # The reader of our stdout went away (e.g. `edge-mer run | head`): stop quietly.
         try:

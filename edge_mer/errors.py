@@ -43,3 +43,12 @@ class DeviceError(EdgeMerError):
     """A camera, microphone, GPU or TensorRT is absent or failed."""
 
     exit_code = 4
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP ended the run; the process exits 128 + the signal's number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

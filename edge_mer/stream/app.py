@@ -21,6 +21,7 @@ import dataclasses
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_mer.config import Config, RuntimeCfg, load_config, save_config
-from edge_mer.errors import DeviceError, EdgeMerError
+from edge_mer.errors import DeviceError, EdgeMerError, Interrupted
 from edge_mer.modality import Modality
 from edge_mer.stream.sources import BoundedQueue, FileSource, Frame, LiveSource, Source, camera_spec
 from edge_mer.stream.stats import Stats
@@ -211,6 +212,40 @@ class _Reader(threading.Thread):
             self.queue.put(_END, block=True)
 
 
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP end a run the same way: the run stops reading, closes its sinks
+    (``--out`` is finalised with the events so far), prints ``--stats`` and exits 128 + the
+    signal's number (130, 143, 129). While the run loop turns (``polling``) the first signal only
+    sets ``signum``, so no event is cut in half; before the loop, or at a second signal, the
+    handler raises :class:`~edge_mer.errors.Interrupted`. Installed only on the main thread."""
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.polling = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                if hasattr(signal, name):
+                    number = getattr(signal, name)
+                    self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        first = self.signum is None
+        self.signum = signum
+        log.info("%s: stopping", signal.Signals(signum).name)
+        if not (first and self.polling):
+            raise Interrupted(signum)
+
+
 def _redirect_stdout_to_devnull() -> None:
     # After a broken pipe, Python's exit-time flush of stdout would fail again and print a
     # traceback; point the descriptor at /dev/null so the exit is quiet.
@@ -238,11 +273,11 @@ def one_blas_thread():
 
 def run_command(args: argparse.Namespace) -> int:
     """``edge-mer run``: returns the process exit status."""
-    with one_blas_thread():
-        return _run(args)
+    with one_blas_thread(), _Signals() as signals:
+        return _run(args, signals)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
     from edge_mer.bundle import Bundle
     from edge_mer.stream.fusion import Fusion, Smoother, make_event
     from edge_mer.stream.sinks import JsonlFileSink, JsonlSink, Recorder, WebSocketSink, parse_ws_address
@@ -259,9 +294,10 @@ def _run(args: argparse.Namespace) -> int:
     audio_cfg = bundle.feature_cfg(Modality.AUDIO) if Modality.AUDIO in mods else cfg.audio
     face_cfg = bundle.feature_cfg(Modality.FACE) if Modality.FACE in mods else cfg.face
 
+    signals = signals or _Signals()
     stats = Stats()
     sinks: list = []
-    display = recorder = source = extractor = queue = None
+    display = recorder = source = extractor = queue = out_sink = run_config = None
     ok = False
     try:
         # Frames are analysed only when something reads them: a visual encoder, the face count
@@ -283,21 +319,25 @@ def _run(args: argparse.Namespace) -> int:
         smoother = Smoother(cfg.runtime.smoothing_tau_s)
 
         if args.out:
-            sinks.append(JsonlFileSink(args.out))
+            out_sink = JsonlFileSink(args.out)
+            sinks.append(out_sink)
         else:
             sinks.append(JsonlSink(sys.stdout))
         if args.ws:
             host, port = parse_ws_address(args.ws, cfg.runtime.websocket_host)
             sinks.append(WebSocketSink(host, port))
+            if port == 0:  # the system chose the port: say which, or no client could find it
+                print(f"edge-mer: WebSocket events on {sinks[-1].url}", file=sys.stderr, flush=True)
         if args.display:
             from edge_mer.stream.display import Display
 
             display = Display()
         if args.record:
             recorder = Recorder(args.record, audio_cfg.sample_rate_hz)
-        # The resolved config goes next to each output, once everything has opened.
-        if args.out:
-            save_config(cfg, Path(args.out).parent, f"{Path(args.out).name}.run_config.toml")
+        # The resolved config goes next to each output file (not beside a device or FIFO), once
+        # everything has opened.
+        if out_sink is not None and out_sink.partial is not None:
+            run_config = save_config(cfg, Path(args.out).parent, f"{Path(args.out).name}.run_config.toml")
         if args.record:
             save_config(cfg, args.record)
 
@@ -306,12 +346,15 @@ def _run(args: argparse.Namespace) -> int:
         queue = BoundedQueue(cfg.runtime.queue_size, cfg.runtime.drop_policy)
         limiter = _RateLimiter(analysis_fps(mods, face_cfg)) if use_video else None
         reader = _Reader(source, windower, queue, limiter, not realtime, stats, recorder, extractor)
+        signals.polling = True  # from here a signal ends the loop below between two events
         extractor.start()
         reader.start()
         last = (None, None, None)  # the latest event, box and landmarks (for --display between events)
         try:
-            while True:
+            while signals.signum is None:
                 window = queue.get(timeout=0.5 if display is None else 1.0 / 30)
+                if signals.signum is not None:
+                    break
                 if window is None:
                     if display is not None and reader.latest_frame is not None:
                         # Refreshed with the video, not only every hop: the newest frame, last event.
@@ -345,10 +388,15 @@ def _run(args: argparse.Namespace) -> int:
             while reader.is_alive():
                 queue.get(timeout=0.05)
                 reader.join(timeout=0.05)
-        if reader.error is not None:
+        if reader.error is not None and signals.signum is None:
             raise reader.error
         ok = True
-        return 0
+        return 0 if signals.signum is None else 128 + signals.signum
+    except Interrupted as exc:
+        # A signal before the run loop (loading, opening the outputs), or a second one: the
+        # outputs opened so far are finalised all the same.
+        ok = True
+        return exc.exit_code
     except BrokenPipeError:
         # The reader of stdout went away (`edge-mer run | head`): stop quietly.
         _redirect_stdout_to_devnull()
@@ -368,6 +416,8 @@ def _run(args: argparse.Namespace) -> int:
                 sink.close(ok)
             except BrokenPipeError:
                 _redirect_stdout_to_devnull()
+        if not ok and run_config is not None and not out_sink.written:
+            run_config.unlink(missing_ok=True)  # a run that failed before its first event leaves nothing
         if recorder is not None:
             recorder.close()
         if display is not None:

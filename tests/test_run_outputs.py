@@ -1,0 +1,117 @@
+"""``edge-mer run`` as a process and its outputs: a second run onto the same ``--out`` is refused
+(one line, exit 2, the first run's file whole); SIGINT, SIGTERM and SIGHUP end a real-speed replay
+the same way (the ``--out`` file finalised with the events so far, ``--stats`` printed, exit 130,
+143, 129); ``--ws 0`` says on stderr which address it bound, and a client there gets the events.
+Real processes, a real generated recording and a small real bundle; nothing is mocked."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from media_fixtures import make_speech
+from run_fixtures import make_bundle
+
+from conftest import REPO
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+WINDOWS = 6  # of the 4.7 s recording below: 2 s windows every 0.5 s
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("b") / "audio", ["audio"], [["audio"]])
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Path:
+    return make_speech(tmp_path_factory.mktemp("s") / "speech.wav",
+                       "one two three four five six seven eight nine ten eleven twelve thirteen", 16000)
+
+
+def _cmd(bundle: Path, speech: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "edge_mer", "run", "--bundle", str(bundle), "--audio", str(speech),
+            "--set", "runtime.threads=1", *args]
+
+
+def _start(bundle: Path, speech: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(_cmd(bundle, speech, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=REPO, env=ENV, text=True)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) first: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out")
+        time.sleep(0.02)
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.is_file() else 0
+
+
+def test_a_second_run_onto_the_same_out_is_refused(bundle, speech, tmp_path):
+    out = tmp_path / "events.jsonl"
+    partial = tmp_path / "events.jsonl.partial"
+    first = _start(bundle, speech, "--out", str(out))  # real speed: about 5 s of writing
+    try:
+        _wait_for(partial.exists, first)
+        second = subprocess.run(_cmd(bundle, speech, "--fast", "--out", str(out)), capture_output=True, text=True,
+                                cwd=REPO, env=ENV, timeout=120)
+        assert first.poll() is None, "the first run ended before the second tried: nothing was tested"
+    finally:
+        _, first_err = first.communicate(timeout=120)
+    assert second.returncode == 2, second.stderr
+    errors = second.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"edge-mer: error: --out {out}: another run is writing it"), errors
+    assert second.stdout == ""
+    assert first.returncode == 0, first_err
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [e["window"] for e in events] == list(range(WINDOWS))  # one run's events, whole, not interleaved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "events.jsonl.run_config.toml"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_ends_the_run_with_its_events_so_far(bundle, speech, tmp_path, sig):
+    out = tmp_path / "events.jsonl"
+    partial = tmp_path / "events.jsonl.partial"
+    proc = _start(bundle, speech, "--out", str(out), "--stats")  # real speed, no --fast
+    _wait_for(lambda: _lines(partial) >= 1, proc)  # the first event is written
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err, err
+    assert out.is_file() and not partial.exists()  # finalised under its name
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert 1 <= len(events) < WINDOWS, "the run went on to the end of the recording"
+    assert [e["window"] for e in events] == list(range(len(events)))
+    assert any(line.startswith("end_to_end") for line in err.splitlines()), err  # --stats
+    assert any(line.startswith("drops:") for line in err.splitlines()), err
+
+
+def test_ws_port_0_prints_the_address_it_bound(bundle, speech, tmp_path):
+    from websockets.sync.client import connect
+
+    proc = _start(bundle, speech, "--ws", "0", "--out", str(tmp_path / "events.jsonl"))  # real speed: time to connect
+    try:
+        line = proc.stderr.readline().strip()
+        bound = re.fullmatch(r"edge-mer: WebSocket events on (ws://127\.0\.0\.1:(\d+))", line)
+        assert bound and int(bound[2]) > 0, line
+        with connect(bound[1], open_timeout=10) as client:
+            event = json.loads(client.recv(timeout=30))
+        assert {"window", "t_end", "label", "probs"} <= set(event)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
