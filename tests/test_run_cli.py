@@ -154,3 +154,26 @@ def test_failure_after_outputs_opened_leaves_no_partial_file(text_bundle, capsys
     finally:
         busy.close()
     assert list(tmp_path.iterdir()) == []  # no events file, no partial file, no config
+
+
+def test_display_window_opens_before_pyav_is_imported(bundle, tmp_path):
+    # A GUI OpenCV's first window hangs for ever when PyAV was imported first (PyAV #978/#1050):
+    # the run opens the display before anything decodes. Observed in a fresh process: at the
+    # moment the window is created, av must not be loaded yet.
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys\n"
+        "import edge_mer.stream.display as d\n"
+        "from edge_mer.errors import DeviceError\n"
+        "def init(self, title='edge-mer'):\n"
+        "    print('av loaded when the window opens:', 'av' in sys.modules, file=sys.stderr)\n"
+        "    raise DeviceError('--display: stopped by the test')\n"
+        "d.Display.__init__ = init\n"
+        "from edge_mer.cli import main\n"
+        f"sys.exit(main(['run', '--bundle', {str(bundle)!r}, '--video', {str(SAMPLE)!r}, '--fast', '--display']))\n")
+    proc = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=120)
+    assert "av loaded when the window opens: False" in proc.stderr, proc.stderr
+    assert proc.returncode == 4

@@ -283,6 +283,14 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
     from edge_mer.stream.sinks import JsonlFileSink, JsonlSink, Recorder, WebSocketSink, parse_ws_address
     from edge_mer.stream.stages import FeatureExtractor
 
+    display = None
+    if args.display:
+        # Before anything imports PyAV: its wheel's bundled X libraries make a GUI OpenCV's first
+        # window hang for ever when av is loaded first (PyAV issues #978, #1050); a window opened
+        # before the import keeps working after it.
+        from edge_mer.stream.display import Display
+
+        display = Display()
     cfg: Config = load_config(args.config, args.overrides)
     if getattr(args, "asr", None):
         cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, asr=args.asr))
@@ -297,7 +305,7 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
     signals = signals or _Signals()
     stats = Stats()
     sinks: list = []
-    display = recorder = source = extractor = queue = out_sink = run_config = None
+    recorder = source = extractor = queue = out_sink = run_config = None
     ok = False
     try:
         # Frames are analysed only when something reads them: a visual encoder, the face count
@@ -328,10 +336,6 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
             sinks.append(WebSocketSink(host, port))
             if port == 0:  # the system chose the port: say which, or no client could find it
                 print(f"edge-mer: WebSocket events on {sinks[-1].url}", file=sys.stderr, flush=True)
-        if args.display:
-            from edge_mer.stream.display import Display
-
-            display = Display()
         if args.record:
             recorder = Recorder(args.record, audio_cfg.sample_rate_hz)
         # The resolved config goes next to each output file (not beside a device or FIFO), once

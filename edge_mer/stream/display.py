@@ -39,6 +39,10 @@ class Display:
             raise DeviceError("--display: no display (DISPLAY is not set); run it in a desktop session or drop --display")
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+            # Show something at once: a window that has been shown keeps working once PyAV is
+            # imported (the run opens the display before any decoding).
+            cv2.imshow(title, np.zeros((360, 480, 3), np.uint8))
+            cv2.waitKey(1)
         except cv2.error:
             raise DeviceError(
                 "--display: this OpenCV has no GUI (opencv-python-headless) or there is no display; "
