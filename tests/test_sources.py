@@ -185,3 +185,23 @@ def test_a_file_that_decodes_to_nothing_is_a_media_error(tmp_path):
     subprocess.run(["ffmpeg", "-y", "-loglevel", "error", "-i", str(SAMPLE), "-frames:v", "1", str(jpg)], check=True)
     with pytest.raises(MediaError, match=r"still.jpg: is a still image \(image2\)"):
         FileSource(jpg, SR, realtime=False, use_video=True)
+
+
+def test_audio_below_the_bundle_rate_is_said_once(tmp_path, caplog):
+    import logging
+
+    from media_fixtures import make_speech
+
+    from edge_mer.stream.sources import FileSource
+
+    low = make_speech(tmp_path / "phone.wav", rate_hz=8000)
+    with caplog.at_level(logging.WARNING, logger="edge_mer.stream.sources"):
+        src = FileSource(low, 16000, realtime=False)
+        chunks = list(src)
+    assert chunks and src.source_rate_hz == 8000
+    said = [r.getMessage() for r in caplog.records if "below the 16000 Hz" in r.getMessage()]
+    assert len(said) == 1 and "8000 Hz" in said[0] and "phone.wav" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edge_mer.stream.sources"):
+        FileSource(make_speech(tmp_path / "wide.wav", rate_hz=48000), 16000, realtime=False)
+    assert not [r for r in caplog.records if "below the" in r.getMessage()]

@@ -179,6 +179,14 @@ class FileSource(Source):
         self.name = f"file://{self.path}"
         self.label = str(self.path)
         self.sample_rate_hz = sample_rate_hz
+        # Audio recorded below the rate the bundle's features expect is upsampled, but the band
+        # above its Nyquist frequency is empty: the encoder hears it as muffled speech and labels
+        # can change. Said once, and kept for --stats.
+        self.source_rate_hz = info.audio_rate_hz if self.has_audio else None
+        if self.source_rate_hz and self.source_rate_hz < sample_rate_hz:
+            log.warning("%s: audio recorded at %d Hz, below the %d Hz the bundle's audio features expect: nothing "
+                        "above %d Hz reaches the encoder, expect less accurate audio labels", self.path,
+                        self.source_rate_hz, sample_rate_hz, self.source_rate_hz // 2)
         self.realtime = realtime
         self.chunk = max(1, int(round(chunk_s * sample_rate_hz)))
         self._container = None
