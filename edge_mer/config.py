@@ -176,6 +176,9 @@ class RuntimeCfg:
     # beside audio and text, for each window: the results are the same, the wall time the longer
     # of the two instead of their sum.
     parallel_stages: bool = True
+    # Video frames larger than this on their longer side are scaled down as soon as they are
+    # read (0 = never): memory and face-detection time stop growing with the resolution.
+    max_frame_side_px: int = 640
     # Exponential smoothing time constant of the probabilities, seconds (0 = off). Off by default:
     # the bundle-level evaluation found every tau > 0 lowers clip UA (it carries one utterance
     # into the next); set 0.5-1 for steadier labels on a display.
@@ -351,6 +354,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "face.detect_every_n": _at_least(1),
     "face.min_face_fraction": _between(0, 1),
     "face.sample_fps": _above(0),
+    "runtime.max_frame_side_px": _at_least(0),
     "landmarks.frames_per_window": _at_least(1),
     "text.max_tokens": _at_least(1),
     "text.context_s": _at_least(0),

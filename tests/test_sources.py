@@ -205,3 +205,25 @@ def test_audio_below_the_bundle_rate_is_said_once(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="edge_mer.stream.sources"):
         FileSource(make_speech(tmp_path / "wide.wav", rate_hz=48000), 16000, realtime=False)
     assert not [r for r in caplog.records if "below the" in r.getMessage()]
+
+
+def test_large_frames_are_scaled_down_as_they_are_read(tmp_path):
+    # Memory and face-detection time must not grow with the recording's resolution: frames above
+    # runtime.max_frame_side_px come out of the source already scaled (aspect kept).
+    import subprocess
+
+    from media_fixtures import _need
+
+    from edge_mer.stream.sources import FileSource, Frame
+
+    clip = tmp_path / "uhd.mp4"
+    subprocess.run([_need("ffmpeg"), "-y", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=1920x1080:rate=10",
+                    "-t", "1", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(clip)], check=True)
+    src = FileSource(clip, 16000, realtime=False)
+    src.max_side_px = 640
+    frames = [f for f in src if isinstance(f, Frame)]
+    assert len(frames) == 10 and all(f.bgr.shape == (360, 640, 3) for f in frames)
+    full = FileSource(clip, 16000, realtime=False)  # no limit: as decoded
+    assert next(f for f in full if isinstance(f, Frame)).bgr.shape == (1080, 1920, 3)
+    # the scaled frame is the picture, not an empty buffer: testsrc's colour bars survive
+    assert frames[0].bgr.std() > 20

@@ -312,6 +312,7 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
         # (the bundle has a detector) or the display.
         want_video = "mtcnn" in bundle.manifest.get("detectors", {}) or args.display
         source = build_source(args, cfg.runtime, audio_cfg.sample_rate_hz, want_video)
+        source.max_side_px = cfg.runtime.max_frame_side_px
         log.info("source: %s", source.name)
         use_video = source.has_video and want_video
         if not use_video and not source.has_audio:
