@@ -195,7 +195,7 @@ def test_run_on_pink_noise_reports_no_speech(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--audio", str(noise), "--fast", "--out", str(out), "--set", "runtime.vad_min_speech_fraction=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "runtime.vad_min_speech_fraction must be between 0 and 1" in err[0]
+    assert len(err) == 1 and "runtime.vad_min_speech_fraction = 2.0 is out of range (valid: 0 to 1)" in err[0]
 
 
 def test_a_bundle_without_a_detector_keeps_the_silence_gate_only(tmp_path):
