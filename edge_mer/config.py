@@ -193,6 +193,7 @@ class RuntimeCfg:
     # on the per-user head after n windows of the person; k in windows, 0 = per-user head only.
     population_blend_windows: int = 20
     queue_size: int = 64  # bounded queue length between stages (items)
+    queue_max_mb: float = 256.0  # ... and the window queue's bytes (its windows' frames and audio; 0 = items only)
     drop_policy: str = "oldest"  # "oldest" or "newest": which item a full queue drops
     source_retry_s: float = 5.0  # how long a dead live source is retried before giving up
     websocket_host: str = "127.0.0.1"  # WebSocket sink bind address
@@ -366,6 +367,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "runtime.user_norm_memory_windows": _at_least(1),
     "runtime.population_blend_windows": _at_least(0),
     "runtime.queue_size": _at_least(1),
+    "runtime.queue_max_mb": _at_least(0),
     "runtime.drop_policy": _one_of("oldest", "newest"),  # edge_mer.stream.sources.DROP_POLICIES
     "runtime.source_retry_s": _at_least(0),
     "runtime.websocket_port": _between(0, 65535),

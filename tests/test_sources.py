@@ -227,3 +227,30 @@ def test_large_frames_are_scaled_down_as_they_are_read(tmp_path):
     assert next(f for f in full if isinstance(f, Frame)).bgr.shape == (1080, 1920, 3)
     # the scaled frame is the picture, not an empty buffer: testsrc's colour bars survive
     assert frames[0].bgr.std() > 20
+
+
+def test_bounded_queue_by_bytes_too():
+    import threading
+
+    sizes = {"a": 60, "b": 50, "c": 30, "huge": 500}
+    oldest = BoundedQueue(10, "oldest", max_bytes=100, size_of=sizes.get)
+    for k in ("a", "b", "c"):
+        oldest.put(k)  # b arrives: a (60) + b (50) > 100, a is dropped; c then fits beside b
+    assert [oldest.get(0.0), oldest.get(0.0)] == ["b", "c"] and oldest.dropped == 1 and oldest.bytes == 0
+    newest = BoundedQueue(10, "newest", max_bytes=100, size_of=sizes.get)
+    for k in ("a", "b", "c"):
+        newest.put(k)  # b does not fit and is dropped; c does
+    assert [newest.get(0.0), newest.get(0.0)] == ["a", "c"] and newest.dropped == 1
+    alone = BoundedQueue(10, "oldest", max_bytes=100, size_of=sizes.get)
+    alone.put("huge")  # one item always fits, however large
+    assert alone.get(0.0) == "huge" and alone.dropped == 0
+    # a blocking put waits for bytes to free up rather than dropping (file replay)
+    q = BoundedQueue(10, "oldest", max_bytes=100, size_of=sizes.get)
+    q.put("a")
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (q.put("b", block=True), done.set()))
+    t.start()
+    assert not done.wait(0.2)
+    assert q.get(0.0) == "a"
+    assert done.wait(2.0) and q.get(0.0) == "b" and q.dropped == 0
+    t.join()

@@ -348,7 +348,8 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
 
         windower = Windower(window_cfg, audio_cfg.sample_rate_hz, use_video, source.has_audio)
         # Real-time sources must not fall behind: a full window queue drops. A --fast replay waits.
-        queue = BoundedQueue(cfg.runtime.queue_size, cfg.runtime.drop_policy)
+        queue = BoundedQueue(cfg.runtime.queue_size, cfg.runtime.drop_policy,
+                             max_bytes=int(cfg.runtime.queue_max_mb * 1e6), size_of=lambda w: getattr(w, "nbytes", 0))
         limiter = _RateLimiter(analysis_fps(mods, face_cfg)) if use_video else None
         reader = _Reader(source, windower, queue, limiter, not realtime, stats, recorder, extractor)
         signals.polling = True  # from here a signal ends the loop below between two events

@@ -73,29 +73,48 @@ class BoundedQueue:
     (1, 1)
     """
 
-    def __init__(self, maxsize: int, policy: str = "oldest") -> None:
+    def __init__(self, maxsize: int, policy: str = "oldest", max_bytes: int = 0,
+                 size_of: Callable[[object], int] | None = None) -> None:
         if maxsize < 1:
             raise ValueError(f"queue size must be at least 1, got {maxsize}")
         if policy not in DROP_POLICIES:
             raise ValueError(f"drop policy must be one of {DROP_POLICIES}, got {policy!r}")
         self.maxsize = maxsize
         self.policy = policy
+        # Bounded by bytes too when ``max_bytes`` > 0 (``size_of`` tells an item's size): full
+        # frames of a high-resolution source must not pile up while the consumer is busy. One
+        # item always fits, however large.
+        self.max_bytes = max_bytes
+        self.size_of = size_of or (lambda item: 0)
+        self.bytes = 0
         self.dropped = 0
         self._items: collections.deque = collections.deque()
+        self._sizes: collections.deque = collections.deque()
         self._cond = threading.Condition()
+
+    def _full(self, size: int) -> bool:
+        if len(self._items) >= self.maxsize:
+            return True
+        return self.max_bytes > 0 and bool(self._items) and self.bytes + size > self.max_bytes
 
     def put(self, item, block: bool = False) -> None:
         """Enqueue ``item``; with ``block`` wait for room instead of dropping (file replay)."""
+        size = int(self.size_of(item)) if self.max_bytes > 0 else 0
         with self._cond:
             if block:
-                while len(self._items) >= self.maxsize:
+                while self._full(size):
                     self._cond.wait()
-            elif len(self._items) >= self.maxsize:
+            elif self._full(size) and self.policy == "newest":
                 self.dropped += 1
-                if self.policy == "newest":
-                    return
-                self._items.popleft()
+                return
+            else:
+                while self._full(size):  # "oldest": make room, one dropped item at a time
+                    self.dropped += 1
+                    self.bytes -= self._sizes.popleft()
+                    self._items.popleft()
             self._items.append(item)
+            self._sizes.append(size)
+            self.bytes += size
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None):
@@ -106,6 +125,7 @@ class BoundedQueue:
             if not self._items:
                 return None
             item = self._items.popleft()
+            self.bytes -= self._sizes.popleft()
             self._cond.notify_all()
             return item
 

@@ -45,6 +45,11 @@ class Window:
     audio_coverage: float = 0.0
     ready_s: float = 0.0
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its frames and audio (frames shared with overlapping windows counted in each)."""
+        return sum(f.bgr.nbytes for f in self.frames) + (self.audio.nbytes if self.audio is not None else 0)
+
 
 class Windower:
     """Groups items into fixed windows with a fixed hop. Feed items with :meth:`push`; call
