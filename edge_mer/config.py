@@ -319,6 +319,10 @@ def _above(lo: float) -> tuple[Any, str]:
     return (lambda x: x > lo), f"> {lo:g}"
 
 
+def _above_to(lo: float, hi: float) -> tuple[Any, str]:
+    return (lambda x: lo < x <= hi), f"{lo:g} < x <= {hi:g}"
+
+
 def _at_least(lo: float) -> tuple[Any, str]:
     return (lambda x: x >= lo), f">= {lo:g}"
 
@@ -338,36 +342,36 @@ def _one_of(*choices: str) -> tuple[Any, str]:
 # The valid range of each bounded setting, ``section.key``: (check, range as users read it). A
 # tuple value is checked element by element. :func:`validate` is the one place they are checked.
 RANGES: dict[str, tuple[Any, str]] = {
-    "audio.sample_rate_hz": _at_least(1),
-    "audio.n_fft": _at_least(1),
-    "audio.win_length": _at_least(1),
+    "audio.sample_rate_hz": _between(1, 384000),
+    "audio.n_fft": _between(1, 65536),
+    "audio.win_length": _between(1, 65536),
     "audio.hop_length": _at_least(1),
-    "audio.n_mels": _at_least(1),
+    "audio.n_mels": _between(1, 1024),
     "audio.f_min_hz": _at_least(0),
     "audio.f_max_hz": _above(0),
     "audio.log_offset": _above(0),
-    "face.image_size": _at_least(1),
+    "face.image_size": _between(1, 1024),
     "face.margin_px": _at_least(0),
-    "face.frames_per_window": _at_least(1),
+    "face.frames_per_window": _between(1, 1000),
     "face.min_face_size_px": _at_least(12),  # MTCNN's P-Net cell
     "face.thresholds": _between(0, 1),
     "face.scale_factor": _inside(0, 1),
     "face.detect_every_n": _at_least(1),
     "face.min_face_fraction": _between(0, 1),
     "face.sample_fps": _above(0),
-    "runtime.max_frame_side_px": _at_least(0),
-    "landmarks.frames_per_window": _at_least(1),
-    "text.max_tokens": _at_least(1),
+    "runtime.max_frame_side_px": _between(0, 16384),
+    "landmarks.frames_per_window": _between(1, 1000),
+    "text.max_tokens": _between(1, 4096),
     "text.context_s": _at_least(0),
-    "window.window_s": _above(0),
+    "window.window_s": _above_to(0, 600),
     "window.hop_s": _above(0),
-    "runtime.threads": _at_least(0),
+    "runtime.threads": _between(0, 256),  # intra-op threads per session: a typo must not spawn millions
     "runtime.smoothing_tau_s": _at_least(0),
     "runtime.user_norm_prior_windows": _at_least(0),
     "runtime.user_norm_memory_windows": _at_least(1),
     "runtime.population_blend_windows": _at_least(0),
-    "runtime.queue_size": _at_least(1),
-    "runtime.queue_max_mb": _at_least(0),
+    "runtime.queue_size": _between(1, 100000),
+    "runtime.queue_max_mb": _between(0, 1048576),
     "runtime.drop_policy": _one_of("oldest", "newest"),  # edge_mer.stream.sources.DROP_POLICIES
     "runtime.source_retry_s": _at_least(0),
     "runtime.websocket_port": _between(0, 65535),

@@ -68,6 +68,11 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     with _open(path) as container:
         a = container.streams.audio[0] if container.streams.audio else None
         v = container.streams.video[0] if container.streams.video else None
+        # A damaged header can leave a stream without a codec context, whose attributes PyAV
+        # then refuses (AttributeError): that is a corrupt file, said in one line.
+        for stream, kind in ((a, "audio"), (v, "video")):
+            if stream is not None and getattr(stream, "codec_context", None) is None:
+                raise MediaError(f"{path}: corrupt media (its {kind} stream has no decodable codec)")
         duration = container.duration / 1e6 if container.duration else None
         fps = None
         if v is not None and v.average_rate:

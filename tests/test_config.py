@@ -117,11 +117,13 @@ def test_cli_config_prints_resolved(capsys):
     ("face.detect_every_n=0", ">= 1"),
     ("face.min_face_fraction=1.5", "0 to 1"),
     ("face.thresholds=[0.6, 0.7, 7.0]", "0 to 1"),
-    ("runtime.threads=-2", ">= 0"),
-    ("runtime.queue_size=0", ">= 1"),
+    ("runtime.threads=-2", "0 to 256"),
+    ("runtime.threads=1000000", "0 to 256"),  # a typo must not start a million threads
+    ("runtime.queue_size=0", "1 to 100000"),
     ("runtime.drop_policy='middle'", "one of oldest, newest"),
     ("runtime.vad_threshold=2", "0 to 1"),
-    ("window.window_s=0", "> 0"),
+    ("window.window_s=0", "0 < x <= 600"),
+    ("window.window_s=1e6", "0 < x <= 600"),
     ("window.hop_s=-0.5", "> 0"),
 ])
 def test_out_of_range_override_names_key_value_and_range(override, valid):
@@ -157,7 +159,7 @@ def test_out_of_range_bundle_window_and_features(tmp_path):
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["features"]["audio"]["n_mels"] = 0
     (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ConfigError, match=r"features.audio: audio.n_mels = 0 is out of range \(valid: >= 1\)"):
+    with pytest.raises(ConfigError, match=r"features.audio: audio.n_mels = 0 is out of range \(valid: 1 to 1024\)"):
         Bundle.load(root).feature_cfg("audio")
 
 

@@ -5,15 +5,13 @@ is one line (no traceback), and no file outside the run's own output is created 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from pathlib import Path
 
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="needs the PyPI package hypothesis (the dev extra)")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from run_fixtures import make_bundle  # noqa: E402
 
@@ -39,7 +37,12 @@ VALUES = st.one_of(
 
 
 def _one_line(err: str) -> bool:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
+    """One error line (log WARNING lines beside it, such as where the events so far were kept, are
+    allowed) and no traceback."""
+    import re
+
+    lines = [line for line in err.strip().splitlines()
+             if line.strip() and not re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (WARNING|INFO) ", line)]
     return len(lines) <= 1 and "Traceback" not in err
 
 
@@ -64,19 +67,28 @@ SAMPLE_BYTES = SAMPLE.read_bytes()
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = main(argv)
-        except SystemExit as exc:  # argparse
-            rc = int(exc.code or 0)
-    return rc, err.getvalue()
+    """``edge-mer ARGV`` in a fresh process whose address space is capped at 6 GB: a generated
+    input that made the runtime allocate without bound fails this test (MemoryError, a traceback)
+    instead of taking the test machine down."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    proc = subprocess.run([sys.executable, "-m", "edge_mer", *argv], capture_output=True, text=True, timeout=300,
+                          preexec_fn=cap, cwd=REPO)
+    return proc.returncode, proc.stderr
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=40),
        suffix=st.sampled_from([".mp4", ".flac", ".wav", ".mp3"]), as_video=st.booleans())
+# found by this test: a header byte zeroed leaves the audio stream without a codec context, and
+# probing it raised AttributeError (a traceback) instead of "corrupt media"
+@example(cut=0.2, flips=[(0.09966098388819791, 0)], suffix=".mp4", as_video=False)
 def test_damaged_media_at_the_cli(bundle, tmp_path_factory, cut, flips, suffix, as_video):
     tmp = tmp_path_factory.mktemp("damaged")
     data = bytearray(SAMPLE_BYTES[: int(len(SAMPLE_BYTES) * cut)])
@@ -103,13 +115,12 @@ def test_damaged_media_at_the_cli(bundle, tmp_path_factory, cut, flips, suffix, 
 
 
 @pytest.mark.slow
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=2))
 def test_overrides_at_the_cli(bundle, tmp_path_factory, pairs):
     tmp = tmp_path_factory.mktemp("over")
     out = tmp / "events.jsonl"
-    argv = ["run", "--bundle", str(bundle), "--audio", str(SAMPLE), "--fast", "--out", str(out),
-            "--max-seconds", "1"]
+    argv = ["run", "--bundle", str(bundle), "--audio", str(SAMPLE), "--fast", "--out", str(out)]
     for k, v in pairs:
         argv += ["--set", f"{k}={v}"]
     rc, err = _run(argv)
