@@ -237,3 +237,76 @@ def test_official_landmark_csv_is_used_when_present(fixture_data, tmp_path, caps
     np.testing.assert_allclose(a["landmarks_t"][:3], [0.0, 4 / 30, 0.2], atol=1e-4)
     assert a["landmarks"].shape == (20, 68, 2) and a["landmarks"][1, 0, 0] == 14.0
     assert "face" not in a and "logmel" not in a
+
+
+# --------------------------------------------------------------------------- labels without rebuilding
+
+
+def _write_manifest(path, rows):
+    path.write_text("path,speaker,transcript,label\n" + "".join(f"{p},{s},{t},{l}\n" for p, s, t, l in rows))
+
+
+def _labels_jsonl(cache_dir):
+    return {r["id"]: r["label"] for r in map(json.loads, (cache_dir / "labels.jsonl").read_text().splitlines())}
+
+
+@pytest.fixture(scope="module")
+def speech_clips(tmp_path_factory):
+    rec = tmp_path_factory.mktemp("own") / "rec"
+    for name, words in (("one", "Kids are talking by the door"), ("two", "Dogs are sitting by the door"),
+                        ("three", "Don't forget a jacket")):
+        make_speech(rec / f"{name}.wav", words, rate_hz=16000)
+    return rec
+
+
+def test_labels_added_after_preprocessing_reach_the_cache_without_rebuilding(speech_clips, tmp_path, capsys):
+    manifest = tmp_path / "mine.csv"
+    shutil.copytree(speech_clips, tmp_path / "rec")
+    _write_manifest(manifest, [("rec/one.wav", "a", "kids are talking", "calm"), ("rec/two.wav", "a", "dogs", ""),
+                               ("rec/three.wav", "b", "a jacket", "")])
+    cache_dir = tmp_path / "cache"
+    argv = ["--dataset", f"manifest={manifest}", "--out", str(cache_dir), "--streams", "audio,text", "--workers", "1"]
+    assert _run(capsys, *argv)["done"] == 3
+    assert _labels_jsonl(cache_dir) == {"mine/rec/one": "calm"}
+    npz = cache_dir / "clips" / "mine" / "rec" / "two.npz"
+    before = npz.stat().st_mtime_ns
+
+    # Labels corrected and added in the manifest: a rerun skips every clip and refreshes the labels.
+    _write_manifest(manifest, [("rec/one.wav", "a", "kids are talking", ""), ("rec/two.wav", "a", "dogs", "happy"),
+                               ("rec/three.wav", "b", "a jacket", "")])
+    summary = _run(capsys, *argv)
+    assert summary["skipped"] == 3 and summary["processed"] == 0
+    assert _labels_jsonl(cache_dir) == {"mine/rec/two": "happy"}
+    assert not (cache_dir / "labels" / "mine" / "rec" / "one.json").exists()  # lost its label
+
+    # --merge-only re-reads the datasets the cache recorded (no --dataset needed), then with --dataset.
+    _write_manifest(manifest, [("rec/one.wav", "a", "kids are talking", ""), ("rec/two.wav", "a", "dogs", "happy"),
+                               ("rec/three.wav", "b", "a jacket", "sad;tired")])
+    assert main(["--out", str(cache_dir), "--merge-only"]) == 0
+    capsys.readouterr()
+    assert _labels_jsonl(cache_dir) == {"mine/rec/two": "happy", "mine/rec/three": ["sad", "tired"]}
+    _write_manifest(manifest, [("rec/one.wav", "a", "kids are talking", "angry"), ("rec/two.wav", "a", "dogs", "happy"),
+                               ("rec/three.wav", "b", "a jacket", "sad;tired")])
+    assert main(["--out", str(cache_dir), "--merge-only", "--dataset", f"manifest={manifest}"]) == 0
+    capsys.readouterr()
+    cache = open_cache(cache_dir)
+    assert cache.labels() == {"mine/rec/one": "angry", "mine/rec/two": "happy", "mine/rec/three": ["sad", "tired"]}
+    assert all("label" not in cache.index(i) for i in cache.ids)  # the index never holds a label
+    assert npz.stat().st_mtime_ns == before  # nothing was decoded or rewritten
+
+
+def test_text_without_transcripts_or_vosk_is_named_once_in_the_report(speech_clips, tmp_path, capsys, caplog):
+    shutil.copytree(speech_clips, tmp_path / "rec")
+    manifest = tmp_path / "mine.csv"
+    _write_manifest(manifest, [("rec/one.wav", "a", "", ""), ("rec/two.wav", "a", "", ""), ("rec/three.wav", "b", "", "")])
+    with caplog.at_level("WARNING", logger="training.preprocess"):
+        summary = _run(capsys, "--dataset", f"manifest={manifest}", "--out", str(tmp_path / "c"), "--workers", "1")
+    assert summary["done"] == 3 and summary["cache"]["per_stream"]["text"] == 0
+    assert summary["notes"] == ["text: 0 of 3 clips; 3 of this run's clips have no transcript and no text.vosk_model is set "
+                                "(set text.vosk_model to a Vosk model directory, or give transcripts)"]
+    assert [r.getMessage() for r in caplog.records if "vosk_model" in r.getMessage()] == summary["notes"]  # once, not per clip
+    # With transcripts (or without the text stream) there is nothing to report.
+    _write_manifest(manifest, [("rec/one.wav", "a", "kids", ""), ("rec/two.wav", "a", "dogs", ""), ("rec/three.wav", "b", "jacket", "")])
+    assert _run(capsys, "--dataset", f"manifest={manifest}", "--out", str(tmp_path / "d"), "--workers", "1")["notes"] == []
+    assert _run(capsys, "--dataset", f"manifest={manifest}", "--out", str(tmp_path / "e"), "--workers", "1",
+                "--streams", "audio")["notes"] == []

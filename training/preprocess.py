@@ -395,8 +395,10 @@ def _diff(old: Any, new: Any, prefix: str = "") -> str | None:
     return None if old == new else f"{prefix.rstrip('.')}: {old!r} -> {new!r}"
 
 
-def prepare_cache(root: Path, settings: Settings, datasets: list[str]) -> dict:
-    """Create the cache's manifest, or check that an existing one has the same settings."""
+def prepare_cache(root: Path, settings: Settings, datasets: list[str], sources: list[str] | None = None) -> dict:
+    """Create the cache's manifest, or check that an existing one has the same settings.
+    ``sources`` (``KIND=absolute path`` of each ``--dataset``) are recorded so that a later
+    ``--merge-only`` can re-read the datasets' labels."""
     wanted = {"settings": settings.manifest_settings(), "streams": list(settings.streams)}
     manifest = cache_mod.read_manifest(root)
     if manifest is not None:
@@ -412,13 +414,79 @@ def prepare_cache(root: Path, settings: Settings, datasets: list[str]) -> dict:
     else:
         manifest = {"format": cache_mod.FORMAT, **wanted, "versions": _versions(), "datasets": sorted(datasets),
                     "counts": {"done": 0, "failed": 0, "per_stream": {s: 0 for s in cache_mod.STREAMS}}}
+    if sources:
+        manifest["sources"] = sorted(set(manifest.get("sources", [])) | set(sources))
     cache_mod.write_json(root / cache_mod.MANIFEST, manifest)
     return manifest
 
 
-def _iter_shard(readers: list[DatasetReader], shard: tuple[int, int], root: Path) -> Iterator[Clip]:
+def source_spec(spec: str) -> str:
+    """``KIND=PATH`` with PATH made absolute, as recorded in the cache manifest's ``sources``."""
+    kind, _, path = spec.partition("=")
+    return f"{kind}={Path(path).expanduser().resolve()}"
+
+
+def refresh_labels(root: Path, labels: dict[str, dict], listed: set[str]) -> dict[str, int]:
+    """Bring ``labels/<clip_id>.json`` in line with the datasets' current labels, for every clip
+    in ``listed`` (the clips the readers list) that is done: write a changed or new label, remove
+    the file of a clip that has no label any more. Reads nothing but the per-clip files and
+    ``labels``; no media is decoded. The index never holds a label. Returns the counts written
+    and removed."""
+    written = removed = 0
+    for clip_id in sorted(listed):
+        if not (cache_mod.clip_record_path(root, clip_id).exists() and cache_mod.clip_npz_path(root, clip_id).exists()):
+            continue  # not done: its label is written when (if) it is
+        path = cache_mod.label_path(root, clip_id)
+        if clip_id in labels:
+            record = {"id": clip_id, **labels[clip_id]}
+            try:
+                current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+            except (OSError, json.JSONDecodeError):
+                current = None
+            if current != record:
+                cache_mod.write_json(path, record)
+                written += 1
+        elif path.is_file():
+            path.unlink()
+            removed += 1
+    return {"written": written, "removed": removed}
+
+
+def read_labels(readers: list[DatasetReader]) -> tuple[dict[str, dict], set[str]]:
+    """Every reader's label records and the ids it lists (a scan of the file names or manifest
+    rows; no media decoded)."""
+    labels: dict[str, dict] = {}
+    listed: set[str] = set()
+    for reader in readers:
+        listed |= {clip.id for clip in reader.clips()}
+        labels.update(reader.labels())
+    return labels, listed
+
+
+def merge_only(root: Path, specs: list[str]) -> dict:
+    """``--merge-only``: refresh the labels of the done clips from the datasets (``--dataset``,
+    else the ``sources`` the cache manifest recorded), then merge."""
+    manifest = cache_mod.read_manifest(root)
+    if manifest is None:
+        raise cache_mod.CacheError(f"{root}: no {cache_mod.MANIFEST} (not a cache directory)")
+    readers = []
+    for spec in specs or manifest.get("sources", []):
+        try:
+            readers.append(make_reader(spec))
+        except EdgeMerError as exc:
+            log.warning("labels of %s not refreshed: %s", spec, exc)
+    if readers:
+        labels, listed = read_labels(readers)
+        changed = refresh_labels(root, labels, listed)
+        log.info("labels: %d written, %d removed", changed["written"], changed["removed"])
+    return cache_mod.merge(root)
+
+
+def _iter_shard(readers: list[DatasetReader], shard: tuple[int, int], root: Path,
+                seen: set[str] | None = None) -> Iterator[Clip]:
+    """This shard's clips; ``seen`` (if given) collects the ids of every clip listed, all shards."""
     i, n = shard
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     k = -1
     for reader in readers:
         for clip in reader.clips():
@@ -454,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     root = Path(args.out)
     if args.merge_only:
-        counts = cache_mod.merge(root)
+        counts = merge_only(root, args.dataset)
         print(json.dumps(counts))
         return 0
     if not args.dataset:
@@ -473,17 +541,21 @@ def run(args: argparse.Namespace) -> int:
     if settings.text.vosk_model and "text" in streams:
         check_vosk_model(settings.text.vosk_model)
     readers = [make_reader(spec) for spec in args.dataset]
-    prepare_cache(root, settings, sorted({r.name for r in readers}))
+    prepare_cache(root, settings, sorted({r.name for r in readers}), [source_spec(spec) for spec in args.dataset])
     save_config(cfg, root, name="preprocess_config.toml")
 
-    todo, skipped = [], 0
-    for clip in _iter_shard(readers, shard, root):
+    todo, skipped, untranscribed = [], 0, 0
+    listed: set[str] = set()
+    # The whole scan runs even with --limit, so that every reader's labels are complete (the
+    # label refresh below removes the label of a listed clip that has none).
+    for clip in _iter_shard(readers, shard, root, listed):
+        if "text" in streams and clip.transcript is None and "audio" in clip.media and not settings.text.vosk_model:
+            untranscribed += 1
         if cache_mod.clip_record_path(root, clip.id).exists() and cache_mod.clip_npz_path(root, clip.id).exists():
             skipped += 1  # done in an earlier run: resume
             continue
-        todo.append(clip)
-        if args.limit is not None and len(todo) >= args.limit:
-            break
+        if args.limit is None or len(todo) < args.limit:
+            todo.append(clip)
     labels: dict[str, dict] = {}
     for reader in readers:
         labels.update(reader.labels())
@@ -499,8 +571,6 @@ def run(args: argparse.Namespace) -> int:
         nonlocal done, failed
         if status == "done":
             done += 1
-            if clip_id in labels:
-                cache_mod.write_json(cache_mod.label_path(root, clip_id), {"id": clip_id, **labels[clip_id]})
         else:
             failed += 1
             log.info("%s failed: %s", clip_id, reason)
@@ -521,10 +591,22 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         seconds = time.perf_counter() - t_start
+        # Labels of every done clip (new or done earlier) from the datasets as they are now:
+        # labels added to or corrected in a manifest after preprocessing need no rebuild.
+        label_changes = refresh_labels(root, labels, listed)
         counts = cache_mod.merge(root)
     rate = len(todo) / seconds if seconds > 0 else 0.0
+    notes = []
+    if untranscribed:
+        # Named once for the run, not per clip: text cannot come from these clips.
+        notes.append(f"text: {counts['per_stream'].get('text', 0)} of {counts['done']} clips; {untranscribed} of this "
+                     "run's clips have no transcript and no text.vosk_model is set (set text.vosk_model to a Vosk "
+                     "model directory, or give transcripts)")
+    for note in notes:
+        log.warning("%s", note)
     summary = {"shard": args.shard, "processed": len(todo), "done": done, "failed": failed, "skipped": skipped,
-               "seconds": round(seconds, 2), "clips_per_s": round(rate, 2), "workers": args.workers, "cache": counts}
+               "seconds": round(seconds, 2), "clips_per_s": round(rate, 2), "workers": args.workers,
+               "labels": label_changes, "cache": counts, "notes": notes}
     print(json.dumps(summary))
     return 0
 

@@ -68,6 +68,7 @@ class ManifestReader(DatasetReader):
 
     def clips(self) -> Iterator[Clip]:
         self.failures = []
+        self._labels = {}  # re-read from the file each time: labels may be added after preprocessing
         seen: set[str] = set()
         for line_no, row in self._rows():
             where = f"{self.path}:{line_no}"
@@ -107,6 +108,8 @@ class ManifestReader(DatasetReader):
             )
 
     def labels(self) -> dict[str, dict]:
+        """``{clip_id: {"label": ...}}`` of the labelled rows (read from the file if ``clips()``
+        has not run yet); cheap: the manifest alone is read, no media."""
         if not self._labels:
             for _ in self.clips():
                 pass
