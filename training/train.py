@@ -6,6 +6,11 @@ a set of clips with all their streams cropped to the same time span; the loss is
 (or feature files) alone, batches are drawn uniformly at random, and the kept model is the one
 with the lowest contrastive loss on held-out clips. Runs under ``torchrun`` (DDP; gloo on CPU).
 
+Small sets (:func:`adapt_to_data`): a stream no clip has is dropped from ``train.modalities``
+(refused when fewer than two remain), a ``val_fraction`` holding out fewer than two clips becomes
+0 (the last epoch is kept) and a ``batch_size`` the clips cannot fill is lowered (refused below two
+clips), each with a one-line warning; the effective config is the one saved with the run.
+
 Outputs in ``--out``: the selected checkpoint (lowest validation loss) in the directory itself,
 the latest state in ``last/`` (what ``--resume`` continues from), ``log.csv`` and
 ``run_config.toml``.
@@ -24,6 +29,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +152,113 @@ def split_validation(ids: list[str], fraction: float, seed: int) -> tuple[list[s
     val = sorted(ids[i] for i in perm[:n_val])
     train = sorted(ids[i] for i in perm[n_val:])
     return train, val
+
+
+# A contrastive batch needs at least two clips: one clip alone has no negatives.
+MIN_BATCH = 2
+# Fewer held-out clips than this give no validation loss (one batch of two at the least).
+MIN_VAL_CLIPS = 2
+
+MISSING_STREAM_FIX = {
+    "text": "preprocess with text.vosk_model set or give transcripts",
+    "face": "preprocess video clips with the face stream",
+    "landmarks": "preprocess video clips with the landmarks stream",
+    "audio": "preprocess clips with audio and the audio stream",
+    "audio_view2": "preprocess clips with audio and the audio stream",
+}
+
+
+def present_streams(data: "PretrainData", streams: tuple[str, ...]) -> tuple[tuple[str, ...], list[str]]:
+    """``streams`` split into those at least one clip of ``data`` has, and the absent ones."""
+    have: set[str] = set()
+    for clip_id in data.ids:
+        have |= data.store.streams_of(clip_id)
+    return tuple(s for s in streams if s in have), [s for s in streams if s not in have]
+
+
+def batch_capacity(n_train: int, world_size: int, group_sizes: list[int] | None, batch_size: int) -> int:
+    """The largest batch size <= ``batch_size`` that gives every process at least one full batch
+    per epoch (0 when not even a batch of :data:`MIN_BATCH` fits): ``n_train // world_size``
+    when batches mix all clips, else the largest size of which the groups (speakers) cut at least
+    ``world_size`` batches."""
+    if group_sizes is None:
+        return min(batch_size, n_train // max(1, world_size))
+    for b in range(batch_size, MIN_BATCH - 1, -1):
+        if sum(n // b for n in group_sizes) >= world_size:
+            return b
+    return 0
+
+
+@dataclass(frozen=True)
+class Adapted:
+    """What :func:`adapt_to_data` settled on: the effective config, the train/val split, and the
+    changes made (``{config key: {"from", "to", "reason"}}``), all a function of data and config
+    alone, so a resumed run gets the same."""
+
+    cfg: Config
+    train_ids: list[str]
+    val_ids: list[str]
+    changes: dict[str, dict[str, Any]]
+
+
+def adapt_to_data(cfg: Config, data: "PretrainData", world_size: int = 1) -> Adapted:
+    """Fit ``train.modalities``, ``train.val_fraction`` and ``train.batch_size`` to the data, with
+    a one-line warning for each change, or refuse with one line naming the fix (label-free: only
+    the clip ids, their streams and their speakers are read).
+
+    - a stream of ``train.modalities`` that no clip has is dropped when at least two streams
+      remain (refused otherwise): its encoder would never see an input;
+    - a ``val_fraction`` that holds out fewer than two clips (no validation loss) is set to 0:
+      every clip trains and the last epoch is kept;
+    - a ``batch_size`` larger than the training clips allow (per process; with ``batch_by =
+      "speaker"``, per speaker) is lowered to the largest that fits, down to two clips; below
+      that the run is refused."""
+    import dataclasses
+
+    t = cfg.train
+    changes: dict[str, dict[str, Any]] = {}
+    streams = tuple(t.modalities)
+    if not streams:
+        raise ConfigError("train.modalities is empty: name at least two streams to pair")
+    kept, absent = present_streams(data, streams)
+    if absent:
+        source = "cache" if data.description.get("dataset") == "cache" else "data"
+        why = "; ".join(f"the {source} has no {s}: {MISSING_STREAM_FIX.get(s, f'give clips with the {s} stream')}" for s in absent)
+        if len(kept) < 2:
+            raise ConfigError(f"train.modalities={list(streams)}: {why}; fewer than two streams remain to pair")
+        if cfg.loss.pairs and not PairwiseInfoNCE(cfg.loss).active_pairs(list(kept)):
+            raise ConfigError(f"loss.pairs={list(cfg.loss.pairs)}: no pair left once {', '.join(absent)} is dropped ({why}); "
+                              "name pairs of the streams the data have, or loss.pairs=[] for all of them")
+        log.warning("train.modalities: dropping %s (%s); pretraining %s", ", ".join(absent), why, "+".join(kept))
+        changes["train.modalities"] = {"from": list(streams), "to": list(kept), "reason": why}
+    n = len(data.ids)
+    val_fraction = t.val_fraction
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n_val < MIN_VAL_CLIPS:
+        reason = (f"holds out {n_val} of {n} clips, fewer than the {MIN_VAL_CLIPS} a validation loss needs; "
+                  "all clips train and the last epoch is kept")
+        log.warning("train.val_fraction=%s %s (set train.val_fraction=0 to silence, or add clips)", val_fraction, reason)
+        changes["train.val_fraction"] = {"from": val_fraction, "to": 0.0, "reason": reason}
+        val_fraction = 0.0
+    train_ids, val_ids = split_validation(data.ids, val_fraction, t.seed)
+    groups = batch_groups(data, train_ids, t.batch_by)
+    group_sizes = None if groups is None else sorted(Counter(groups).values())
+    fit = batch_capacity(len(train_ids), world_size, group_sizes, t.batch_size)
+    where = (f"{len(train_ids)} training clips for {world_size} process(es)" if groups is None else
+             f"the largest speaker has {group_sizes[-1] if group_sizes else 0} training clips "
+             f"for {world_size} process(es) (train.batch_by=speaker)")
+    if fit < MIN_BATCH:
+        fix = "add clips" + (", set train.batch_by='clip'" if groups is not None else "") + \
+              (" or lower train.val_fraction" if val_ids else "") + (" or use fewer processes" if world_size > 1 else "")
+        raise ConfigError(f"train.batch_size={t.batch_size}: {where}, and a contrastive batch needs at least "
+                          f"{MIN_BATCH}: {fix}")
+    if fit < t.batch_size:
+        log.warning("train.batch_size=%d: %s; using train.batch_size=%d", t.batch_size, where, fit)
+        changes["train.batch_size"] = {"from": t.batch_size, "to": fit, "reason": where}
+    if changes:
+        train = dataclasses.replace(t, modalities=kept, val_fraction=val_fraction, batch_size=fit)
+        cfg = dataclasses.replace(cfg, train=train)
+    return Adapted(cfg, train_ids, val_ids, changes)
 
 
 def crop_spec(cfg: Config) -> CropSpec:
@@ -275,8 +388,26 @@ def validation_loss(task: ContrastiveTask, dataset: ContrastiveDataset, batch_si
 # --------------------------------------------------------------------------- the loop
 
 
+ADAPTED_KEYS = ("modalities", "val_fraction", "batch_size")
+
+
+def _check_same_adaptation(last_dir: Path, meta: dict[str, Any], cfg: Config, adapted: Adapted) -> None:
+    """A resume must train what the saved run trained: when either run adapted the config to its
+    data, the effective modalities, validation fraction and batch size must agree."""
+    if not (adapted.changes or meta.get("adapted")):
+        return
+    saved = meta.get("config", {}).get("train", {})
+    for key in ADAPTED_KEYS:
+        now = getattr(cfg.train, key)
+        now = list(now) if isinstance(now, tuple) else now
+        if key in saved and saved[key] != now:
+            raise ckpt.CheckpointError(
+                f"{last_dir}: trained with train.{key}={saved[key]!r}, this run's data and config give {now!r}; "
+                "resume with the same data, or start over with --no-resume or a new --out")
+
+
 def _meta(model: ContrastiveModel, specs: dict, cfg: Config, data: PretrainData, epoch: int, step: int,
-          best: float | None, val: float | None) -> dict[str, Any]:
+          best: float | None, val: float | None, adapted: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "streams": list(model.streams),
         "stream_encoders": {s: encoder_key(s) for s in model.streams},
@@ -288,6 +419,9 @@ def _meta(model: ContrastiveModel, specs: dict, cfg: Config, data: PretrainData,
         "step": step,
         "val_loss": val,
         "best_val_loss": best,
+        # Config keys adapted to the data ({key: {"from", "to", "reason"}}); "config" holds the
+        # effective values.
+        "adapted": adapted or {},
         "git_commit": ckpt.git_commit(),
     }
 
@@ -325,13 +459,13 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
     uninterrupted run exactly (crops and batch order depend only on seed and epoch)."""
     info = info or init_distributed(cfg.train.device)
     out_dir = Path(out_dir)
+    # Small data: streams no clip has, a validation split too small to give a loss, a batch
+    # larger than the clips allow are adapted (with a warning) or refused; the effective config
+    # is what is saved (run_config.toml, the checkpoint's meta) and what a resume recomputes.
+    adapted = adapt_to_data(cfg, data, info.world_size)
+    cfg, train_ids, val_ids = adapted.cfg, adapted.train_ids, adapted.val_ids
     t = cfg.train
     streams = tuple(t.modalities)
-    if not streams:
-        raise ConfigError("train.modalities is empty: name at least two streams to pair")
-    train_ids, val_ids = split_validation(data.ids, t.val_fraction, t.seed)
-    if len(train_ids) < t.batch_size * info.world_size:
-        raise ConfigError(f"train.batch_size={t.batch_size}: only {len(train_ids)} training clips for {info.world_size} process(es)")
     vector_dims = {s: len(next(iter(tab.values()))) for s, tab in data.store.vectors.items() if tab}
     specs = encoder_specs(cfg, streams, vector_dims)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
@@ -345,8 +479,8 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
     val_set = ContrastiveDataset(data.store, val_ids, streams, crop_spec(cfg), seed=t.seed, fixed=True)
     groups = batch_groups(data, train_ids, t.batch_by)
     steps_per_epoch = len(epoch_batches(len(train_set), t.batch_size, 0, t.seed, info, groups))
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={t.batch_size}: no speaker has that many training clips (train.batch_by=speaker)")
+    if steps_per_epoch == 0:  # adapt_to_data sizes the batch so that this cannot happen
+        raise ConfigError(f"train.batch_size={t.batch_size}: no full batch of training clips per process")
     opt = make_optimizer([p for p in task.parameters() if p.requires_grad], cfg)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
     use_amp = t.amp and info.device.type == "cuda"
@@ -358,6 +492,7 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
     if found is not None:
         last_dir = found
         meta = ckpt.read_meta(last_dir)
+        _check_same_adaptation(last_dir, meta, cfg, adapted)
         missing, unexpected = model.load_state_dict(ckpt.read_tensors(last_dir), strict=False)
         if missing or unexpected:
             raise ckpt.CheckpointError(f"{last_dir}: does not match this config's model (missing {missing[:2]}, unexpected {unexpected[:2]})")
@@ -420,8 +555,9 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
             row.update({f"train_{k}": v for k, v in train_loss.items() if k != "loss"})
             log_rows.append(row)
             _write_log(out_dir / "log.csv", log_rows)
-            log.info("epoch %d/%d train loss %.4f val loss %s (%.0f s)", epoch + 1, t.epochs, train_loss.get("loss", float("nan")),
-                     "n/a" if val is None else f"{val:.4f}", time.time() - t0)
+            log.info("epoch %d/%d train loss %.4f %s (%.0f s)", epoch + 1, t.epochs, train_loss.get("loss", float("nan")),
+                     "no validation clips" if not val_ids else "val loss n/a" if val is None else f"val loss {val:.4f}",
+                     time.time() - t0)
         rng_states = [_rng_state()]
         if info.distributed:
             gathered: list[Any] = [None] * info.world_size
@@ -430,7 +566,7 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
         if info.is_main and ((epoch + 1) % max(1, t.checkpoint_every) == 0 or epoch + 1 == t.epochs):
             state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                      "rng": rng_states, "loss": task.loss.state_dict()}
-            meta = _meta(model, specs, cfg, data, epoch + 1, step, best, val)
+            meta = _meta(model, specs, cfg, data, epoch + 1, step, best, val, adapted.changes)
             last_dir = ckpt.save_slot(out_dir / "last", model, meta, state)
             # Without held-out clips the latest model is the selected one.
             if improved or val is None:
@@ -439,7 +575,8 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
         # Resumed past the end with nothing new: the root still needs a selected checkpoint.
         ckpt.save_checkpoint(out_dir, model, ckpt.read_meta(last_dir), ckpt.read_trainer_state(last_dir))
     return {"out_dir": str(out_dir), "epochs": t.epochs, "steps": step, "best_val_loss": best,
-            "train_clips": len(train_ids), "val_clips": len(val_ids)}
+            "train_clips": len(train_ids), "val_clips": len(val_ids), "streams": list(streams),
+            "batch_size": t.batch_size, "adapted": adapted.changes}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -565,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
         if info is not None:
             shutdown(info)
     if info.is_main:
-        print(f"checkpoint {summary['out_dir']}: best val loss {summary['best_val_loss']}, {summary['steps']} steps")
+        selected = "last epoch (no validation clips)" if summary["val_clips"] == 0 else f"best val loss {summary['best_val_loss']}"
+        print(f"checkpoint {summary['out_dir']}: {selected}, {summary['steps']} steps")
     return 0
 
 
