@@ -119,7 +119,9 @@ class LossCfg:
     """The modality-pairwise contrastive loss (Franceschini et al., ICPR 2022)."""
 
     temperature: float = 0.07  # InfoNCE temperature
-    pairs: tuple[str, ...] = ()  # e.g. ("audio-face", "audio-text"); empty = every pair present
+    # e.g. ("audio-face", "audio-text"); empty = every pair of the trained modalities
+    # (train.modalities, less any stream the data lack)
+    pairs: tuple[str, ...] = ()
     learn_temperature: bool = False  # learn log(1/T), clamped to ln(100)
 
 
