@@ -281,6 +281,13 @@ class ContrastiveDataset(Dataset):
         rng = np.random.default_rng([self.seed, 0 if self.fixed else self.epoch + 1, i])
         slack = max(0.0, self.store.duration_s(clip_id) - self.crop.crop_s)
         t0 = 0.5 * slack if self.fixed else float(rng.uniform(0.0, slack))
+        return self.item_at(i, t0, rng)
+
+    def item_at(self, i: int, t0: float, rng: np.random.Generator | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Clip ``i``'s streams in the crop that starts ``t0`` seconds into the clip (the probes'
+        windows over a whole clip); ``rng`` draws the second audio view's crop."""
+        clip_id = self.ids[i]
+        slack = max(0.0, self.store.duration_s(clip_id) - self.crop.crop_s)
         t1 = t0 + self.crop.crop_s
         have = self.store.streams_of(clip_id)
         item: dict[str, dict[str, torch.Tensor]] = {}
@@ -291,7 +298,7 @@ class ContrastiveDataset(Dataset):
                 item[stream] = {"logmel": torch.from_numpy(np.ascontiguousarray(self._audio_crop(self.store.logmels[clip_id], t0)))}
             elif stream == "audio_view2":
                 # The second view gets its own crop: the two views of a clip share only the clip.
-                t_other = 0.5 * slack if self.fixed else float(rng.uniform(0.0, slack))
+                t_other = 0.5 * slack if self.fixed or rng is None else float(rng.uniform(0.0, slack))
                 item[stream] = {"logmel": torch.from_numpy(np.ascontiguousarray(self._audio_crop(self.store.logmels[clip_id], t_other)))}
             elif stream == "face":
                 m = self.store.media[clip_id]

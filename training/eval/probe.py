@@ -1,16 +1,26 @@
 """Probes on frozen features: ``python -m training.eval.probe``.
 
-Features of the chosen streams come from a pretrained checkpoint's encoders (pre-projector),
-concatenated; a classifier fitted on labelled training clips reads them. Two probes:
+Two modes of the command:
 
-- :func:`fit_linear_probe`: standardisation + multinomial logistic regression, returned as plain
-  numpy arrays (:class:`LinearProbe`: ``mean``, ``scale``, ``weight`` [D, C], ``bias`` [C],
-  ``classes``), so it exports to ONNX or runs in numpy without scikit-learn;
-- :func:`fit_mlp_probe`: the paper's Linear-ReLU-Linear classifier.
+- **any run, any labelled cache** (the default): the features of every modality a pretraining run
+  has (``--streams all``, or a list such as ``audio,face,landmarks``), read as the run was trained
+  (:func:`run_clip_features`: the run's own config, its training-crop windows averaged per clip);
+  labels from the cache or, re-read at probe time, from the preprocessing manifest
+  (``--labels my_recordings.csv``: labels added after preprocessing count, nothing is rebuilt);
+  the label set from the data (or ``--classes``); speaker-independent folds from the cache's
+  ``speaker`` column (leave-one-speaker-out up to ``--folds`` speakers, or ``--test-speakers``);
+  a linear head per modality and their fusion as the runtime's fusion reads them (geometric mean
+  of the heads of the modalities a clip has). Writes metrics.json/.md and the fused confusion.
+- **RAVDESS actors** (``--train-actors``/``--test-actors``): the streams' features concatenated
+  into one linear or MLP probe, fitted on some actors and scored on others (the protocol's figures).
 
-Metrics: UA (balanced accuracy), WA (accuracy), weighted F1, per-class recall and the confusion
-matrix (also drawn as a PNG). Few-shot probes use k labelled clips per class, several draws.
+Library: :func:`fit_linear_probe` (standardisation + multinomial logistic regression, returned as
+plain numpy arrays, :class:`LinearProbe`, so it exports to ONNX or runs in numpy without
+scikit-learn); :func:`fit_mlp_probe`, the paper's Linear-ReLU-Linear classifier. Metrics: UA
+(balanced accuracy), WA (accuracy), weighted F1, per-class recall and the confusion matrix (also
+drawn as a PNG). Few-shot probes use k labelled clips per class, several draws.
 
+    python -m training.eval.probe --checkpoint runs/mine --cache cache/mine --labels my_recordings.csv --out runs/mine/probe
     python -m training.eval.probe --checkpoint runs/fold1 --cache cache/ravdess_audio \\
         --au-csv ../shared/data/ravdess/openface_au/au_audio_per_clip.csv --streams audio,au \\
         --train-actors 5-20 --test-actors 1-4 --out runs/fold1/probe
@@ -316,6 +326,198 @@ def stream_features(encoders: dict[str, nn.Module], stream: str, ids: list[str],
     return encode_vectors(encoders[stream], np.stack([vectors[stream][i] for i in ids]))
 
 
+# ------------------------------------------------------------------ any run, any labelled cache
+
+RUNTIME_STREAMS = ("audio", "face", "landmarks", "text")  # the modalities a bundle can carry
+
+
+def run_config(run_dir: str | Path):
+    """The resolved config a pretraining run was trained with (``RUN/run_config.toml``)."""
+    path = Path(run_dir) / "run_config.toml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no run_config.toml (not a run directory of python -m training.train)")
+    return load_config([path])
+
+
+def window_starts(duration_s: float, crop_s: float, hop_s: float, max_windows: int) -> list[float]:
+    """Start times of ``crop_s`` windows every ``hop_s`` over a clip (one centred window when the
+    clip is shorter), at most ``max_windows`` spread evenly."""
+    slack = max(0.0, duration_s - crop_s)
+    if slack <= 0:
+        return [0.0]
+    starts = list(np.arange(0.0, slack + 1e-9, hop_s))
+    if len(starts) > max_windows:
+        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).round().astype(int)]
+    return [float(t) for t in starts]
+
+
+@torch.no_grad()
+def run_clip_features(run_dir: str | Path, cache_dir: str | Path, streams: list[str], ids: list[str] | None = None,
+                      max_windows: int = 8, batch: int = 32, au_csv: str | None = None) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """``({stream: {clip id: feature [D]}}, ids)``: each clip's frozen (pre-projector) features of
+    ``streams`` from the run's encoders, read as the run was trained: the inputs the trainer built
+    (``training.train.load_pretrain_data`` with the run's own config: Whisper log-mels for a Whisper
+    trunk, per-speaker standardised inputs for ``train.speaker_norm``), cut into the training crop
+    length every half crop (at most ``max_windows``), the features averaged over a clip's windows.
+    A clip lacking a stream has no entry for it. Reads no label."""
+    import dataclasses
+
+    from training.checkpoint import load_encoders
+    from training.datasets import ContrastiveDataset, collate_streams
+    from training.train import crop_spec, encoder_key, load_pretrain_data
+
+    cfg = run_config(run_dir)
+    encoders = load_encoders(run_dir)
+    unknown = [s for s in streams if encoder_key(s) not in encoders]
+    if unknown:
+        raise ConfigError(f"{run_dir}: the run has no {', '.join(unknown)} encoder (it has: {', '.join(encoders)})")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, modalities=tuple(streams)))
+    data = load_pretrain_data(cfg, str(cache_dir), au_csv, None, None)
+    store = data.store
+    ids = [i for i in (ids if ids is not None else data.ids) if i in set(data.ids)]
+    crop = crop_spec(cfg)
+    out: dict[str, dict[str, np.ndarray]] = {s: {} for s in streams}
+    for stream in streams:
+        have = [i for i in ids if stream in store.streams_of(i)]
+        ds = ContrastiveDataset(store, have, (stream,), crop, seed=cfg.train.seed, fixed=True)
+        jobs = [(k, t0) for k, clip in enumerate(have)
+                for t0 in window_starts(store.duration_s(clip), crop.crop_s, crop.crop_s / 2, max_windows)]
+        enc = encoders[encoder_key(stream)].eval()
+        sums: dict[int, np.ndarray] = {}
+        counts: dict[int, int] = {}
+        for start in range(0, len(jobs), batch):
+            chunk = jobs[start:start + batch]
+            items = [ds.item_at(k, t0) for k, t0 in chunk]
+            feats = enc(**collate_streams(items)["inputs"][stream]).numpy().astype(np.float64)
+            for (k, _), f in zip(chunk, feats):
+                sums[k] = sums.get(k, 0.0) + f
+                counts[k] = counts.get(k, 0) + 1
+        out[stream] = {have[k]: (sums[k] / counts[k]).astype(np.float32) for k in sums}
+    return out, ids
+
+
+def read_labels(cache, labels_file: str | Path | None) -> dict[str, str]:
+    """``{clip id: label}``: from ``labels_file`` when given (a preprocessing manifest with a
+    ``label`` column, read afresh, so labels added or corrected after preprocessing count without
+    rebuilding the cache; or a CSV/JSONL of ``id,label`` with cache clip ids), else the cache's
+    own ``labels.jsonl``. Multi-label rows are left out (the probe is single-label)."""
+    if labels_file is None:
+        raw = cache.labels()
+    else:
+        path = Path(labels_file)
+        if not path.is_file():
+            raise ConfigError(f"{path}: labels file not found")
+        raw = _labels_from_file(path, cache)
+    out = {i: str(v) for i, v in raw.items() if isinstance(v, str) and v.strip()}
+    return {i: v.strip() for i, v in out.items() if i in set(cache.ids)}
+
+
+def _labels_from_file(path: Path, cache) -> dict[str, Any]:
+    import csv
+
+    rows: list[dict] = []
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    elif path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        raise ConfigError(f"{path}: labels file must be .csv or .jsonl")
+    if rows and "path" in rows[0]:
+        from training.data.manifest import ManifestReader
+
+        reader = ManifestReader(path)
+        labels = {cid: rec["label"] for cid, rec in reader.labels().items()}
+        missing = [cid for cid in labels if cid not in set(cache.ids)]
+        if labels and len(missing) == len(labels):
+            raise ConfigError(f"{path}: none of its labelled clips is in the cache (e.g. {missing[0]}); "
+                              "preprocess this manifest into the cache first")
+        return labels
+    if rows and not {"id", "label"} <= set(rows[0]):
+        raise ConfigError(f"{path}: expected a preprocessing manifest (path, speaker, label) or columns id,label")
+    return {str(r["id"]): r.get("label") for r in rows}
+
+
+def speaker_folds(speakers: np.ndarray, test_speakers: list[str] | None, n_folds: int) -> list[tuple[str, np.ndarray]]:
+    """``[(name, test mask)]``: the given test speakers as one fold, or leave-one-speaker-out when
+    there are at most ``n_folds`` speakers, else ``n_folds`` speaker-grouped folds."""
+    names = sorted(set(speakers))
+    if test_speakers:
+        unknown = sorted(set(test_speakers) - set(names))
+        if unknown:
+            raise ConfigError(f"--test-speakers: no labelled clips of {', '.join(unknown)} (speakers: {', '.join(names)})")
+        return [("+".join(test_speakers), np.isin(speakers, test_speakers))]
+    if len(names) < 2:
+        raise ConfigError(f"speaker-independent folds need labelled clips of at least 2 speakers (have: {', '.join(names) or 'none'})")
+    if len(names) <= n_folds:
+        return [(s, speakers == s) for s in names]
+    groups = [names[k::n_folds] for k in range(n_folds)]
+    return [("+".join(g), np.isin(speakers, g)) for g in groups]
+
+
+def aligned_log_proba(probe: LinearProbe, x: np.ndarray, classes: list[str], floor: float = -30.0) -> np.ndarray:
+    """log-probabilities of ``probe`` over ``classes``; a class the probe never saw gets ``floor``
+    (it leaves that class to the other modalities in the fusion, as the runtime's heads do)."""
+    logp = np.log(np.clip(probe.predict_proba(x), 1e-12, None))
+    out = np.full((len(x), len(classes)), floor)
+    for j, c in enumerate(probe.classes):
+        out[:, classes.index(str(c))] = logp[:, j]
+    return out
+
+
+def fused_proba(parts: list[np.ndarray]) -> np.ndarray:
+    """The runtime's fusion of per-modality heads: normalised geometric mean of the modalities present."""
+    return _softmax(np.atleast_2d(np.mean(parts, axis=0)))[0] if np.ndim(parts[0]) == 1 else _softmax(np.mean(parts, axis=0))
+
+
+def probe_any(feats: dict[str, dict[str, np.ndarray]], labels: dict[str, str], speaker_of: dict[str, str],
+              classes: list[str], test_speakers: list[str] | None = None, n_folds: int = 5,
+              per_speaker: bool = False) -> dict[str, Any]:
+    """Per-modality linear heads and their fusion, scored on speaker-independent folds.
+
+    For each fold the heads are fitted on the other speakers' labelled clips of each modality;
+    a test clip's fused prediction is the geometric mean of the heads of the modalities it has
+    (the runtime's rule). Returns per-fold and pooled metrics per stream and ``fused``."""
+    streams = list(feats)
+    ids = sorted(i for i in labels if labels[i] in classes and any(i in feats[s] for s in streams))
+    if not ids:
+        raise ConfigError("no labelled clip has features of the chosen streams")
+    spk = np.array([speaker_of[i] for i in ids])
+    y = np.array([labels[i] for i in ids])
+    folds = speaker_folds(spk, test_speakers, n_folds)
+    pooled: dict[str, tuple[list, list]] = {k: ([], []) for k in streams + ["fused"]}
+    per_fold = []
+    for name, test in folds:
+        fold: dict[str, Any] = {"test_speakers": name, "n_test": int(test.sum())}
+        logps: dict[str, dict[str, np.ndarray]] = {}
+        for s in streams:
+            tr = [k for k in np.flatnonzero(~test) if ids[k] in feats[s]]
+            te = [k for k in np.flatnonzero(test) if ids[k] in feats[s]]
+            if len(set(y[tr])) < 2 or not te:
+                fold[s] = {"skipped": f"{len(set(y[tr]))} training classes, {len(te)} test clips"}
+                continue
+            x = np.stack([feats[s][ids[k]] for k in tr + te]).astype(np.float64)
+            if per_speaker:
+                x = standardise_per_group(x, spk[tr + te])
+            probe = fit_linear_probe(x[:len(tr)], y[tr], groups=spk[tr])
+            lp = aligned_log_proba(probe, x[len(tr):], classes)
+            logps[s] = {ids[k]: lp[j] for j, k in enumerate(te)}
+            pred = [classes[j] for j in lp.argmax(axis=1)]
+            fold[s] = classification_metrics(y[te], np.array(pred), classes) | {"train_classes": sorted(set(y[tr]))}
+            pooled[s][0].extend(y[te]); pooled[s][1].extend(pred)
+        te_ids = [ids[k] for k in np.flatnonzero(test)]
+        scored = [i for i in te_ids if any(i in logps[s] for s in logps)]
+        if scored:
+            pred = [classes[int(np.argmax(fused_proba([logps[s][i] for s in logps if i in logps[s]])))] for i in scored]
+            truth = [labels[i] for i in scored]
+            fold["fused"] = classification_metrics(np.array(truth), np.array(pred), classes)
+            pooled["fused"][0].extend(truth); pooled["fused"][1].extend(pred)
+        per_fold.append(fold)
+    summary = {k: classification_metrics(np.array(t), np.array(p), classes) for k, (t, p) in pooled.items() if t}
+    return {"classes": classes, "folds": per_fold, "pooled": summary, "n_clips": len(ids),
+            "speakers": sorted(set(spk)), "per_speaker": per_speaker}
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
@@ -325,20 +527,75 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.eval.probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="pretraining checkpoint directory")
-    p.add_argument("--cache", required=True, help="preprocessed RAVDESS cache (log-mels and labels)")
+    p.add_argument("--checkpoint", required=True, help="pretraining run directory (python -m training.train --out RUN)")
+    p.add_argument("--cache", required=True, help="preprocessed cache the clips' inputs come from")
+    p.add_argument("--labels", help="labels read afresh at probe time: the preprocessing manifest with its label column "
+                                    "(or a CSV/JSONL of id,label); default: the cache's labels.jsonl")
     p.add_argument("--au-csv", help="RAVDESS per-clip action-unit CSV, for the 'au' stream")
-    p.add_argument("--streams", default="audio", help="comma-separated streams whose features are concatenated")
-    p.add_argument("--train-actors", default="1-20", help="actors the probe is fitted on")
-    p.add_argument("--test-actors", default="", help="actors it is scored on (none: fit only)")
-    p.add_argument("--probe", choices=("linear", "mlp"), default="linear")
+    p.add_argument("--streams", default="all", help="comma-separated streams, or 'all' (every bundle modality the run has)")
+    p.add_argument("--classes", help="comma-separated label set (default: the labels found in the data)")
+    p.add_argument("--test-speakers", help="comma-separated speakers scored (default: leave-one-speaker-out up to "
+                                           "--folds speakers, else --folds speaker-grouped folds)")
+    p.add_argument("--folds", type=int, default=5, help="speaker-grouped folds when there are more speakers (default 5)")
+    p.add_argument("--train-actors", help="RAVDESS mode: actors the probe is fitted on (streams concatenated), e.g. 1-16")
+    p.add_argument("--test-actors", help="RAVDESS mode: actors it is scored on (none: fit only)")
+    p.add_argument("--probe", choices=("linear", "mlp"), default="linear", help="RAVDESS mode: the classifier")
     p.add_argument("--out", help="directory for metrics.json, metrics.md and confusion.png")
-    p.add_argument("--save-probe", help="write the fitted linear probe as .npz (mean, scale, weight, bias, classes)")
+    p.add_argument("--save-probe", help="RAVDESS mode: write the fitted linear probe as .npz (mean, scale, weight, bias, classes)")
     p.add_argument("--per-speaker", action="store_true",
-                   help="standardise each actor's features by that actor's own clips before fitting and scoring "
-                        "(label-free); the saved probe carries the population prior for the runtime's per-user normalisation")
+                   help="standardise each speaker's features by that speaker's own clips before fitting and scoring "
+                        "(label-free; the saved probe carries the population prior for the runtime's per-user normalisation)")
     add_config_args(p)
     return p
+
+
+def main_any(args: argparse.Namespace) -> int:
+    """Per-modality heads and their fusion for any run on any labelled cache (speaker folds)."""
+    from training.cache import open_cache
+    from training.checkpoint import read_meta
+    from training.train import encoder_key
+
+    meta = read_meta(args.checkpoint)
+    have = [k for k in meta["encoders"]]
+    if args.streams == "all":
+        streams = [s for s in RUNTIME_STREAMS if s in have]
+    else:
+        streams = [s for s in args.streams.split(",") if s]
+    missing = [s for s in streams if encoder_key(s) not in have]
+    if missing or not streams:
+        raise ConfigError(f"{args.checkpoint}: the run has no {', '.join(missing) or 'bundle-modality'} encoder "
+                          f"(it has: {', '.join(have)})")
+    cache = open_cache(args.cache)
+    labels = read_labels(cache, args.labels)
+    if not labels:
+        raise ConfigError(f"{args.labels or args.cache}: no single-label clip of the cache is labelled "
+                          "(add a label column to the manifest and pass it with --labels)")
+    classes = [c for c in args.classes.split(",") if c] if args.classes else sorted(set(labels.values()))
+    feats, _ = run_clip_features(args.checkpoint, args.cache, streams, ids=sorted(labels), au_csv=args.au_csv)
+    speaker_of = {i: str(cache.index(i).get("speaker") or "") for i in labels}
+    result = probe_any(feats, labels, speaker_of, classes, [s for s in (args.test_speakers or "").split(",") if s] or None,
+                       args.folds, args.per_speaker)
+    result.update(checkpoint=str(args.checkpoint), cache=str(args.cache), labels=str(args.labels or "cache"), streams=streams)
+    rows = [(k, m) for k, m in result["pooled"].items()]
+    table = "| streams | clips scored | UA | WA | F1 |\n|---|---:|---:|---:|---:|\n" + "".join(
+        f"| {k} | {m['n_test']} | {m['ua']:.1f} | {m['wa']:.1f} | {m['f1_weighted']:.1f} |\n" for k, m in rows)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", result)
+        folds = ", ".join(f["test_speakers"] for f in result["folds"])
+        atomic_write_text(out / "metrics.md", f"Speaker-independent folds (test speakers: {folds}); per-modality linear heads, "
+                                              f"fused by the geometric mean of the heads present.\n\n{table}")
+        if "fused" in result["pooled"]:
+            save_confusion_png(result["pooled"]["fused"]["confusion"], classes, out / "confusion.png", f"fused {'+'.join(streams)}")
+    print(table, end="")
+    return 0
+
+
+def _one_thread():
+    from edge_mer.stream.app import one_blas_thread
+
+    return one_blas_thread()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,6 +606,16 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if args.train_actors is None and args.test_actors is None:
+        try:
+            with _one_thread():
+                return main_any(args)
+        except (EdgeMerError, ValueError) as exc:
+            print(f"training.eval.probe: error: {exc}", file=sys.stderr)
+            return getattr(exc, "exit_code", 2)
+    args.train_actors = args.train_actors or "1-20"
+    args.test_actors = args.test_actors or ""
+    args.streams = "audio" if args.streams == "all" else args.streams
     try:
         cfg = load_config(args.config, args.overrides)
         streams = [s for s in args.streams.split(",") if s]
