@@ -535,3 +535,25 @@ def test_camera_only_with_a_bundle_that_reads_no_video(corpus: Corpus, monkeypat
     assert rc == 2, err
     errors = [line for line in err.splitlines() if line.startswith("edge-mer: error: ")]
     assert len(errors) == 1 and "camera 0" in errors[0], err
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_stats_notes_input_below_the_bundles_rate(rate: int, corpus: Corpus, tmp_path: Path, capsys, caplog) -> None:
+    # 8 kHz speech (a telephone recording) is upsampled for a 16 kHz bundle: one warning while
+    # the run goes on, and a note at the end of --stats, where the numbers are read.
+    from edge_mer.cli import main
+
+    wav = make_speech(tmp_path / f"speech_{rate}.wav", rate_hz=rate)
+    capsys.readouterr()
+    rc = main(["run", "--bundle", str(corpus.get("bundle")), "--audio", str(wav), *FAST, "--stats"])
+    stdout, stderr = capsys.readouterr()
+    assert rc == 0, stderr
+    assert stdout.strip() and "Traceback" not in stderr
+    notes = [line for line in stderr.splitlines() if line.startswith("note: ")]
+    warnings = [r.getMessage() for r in caplog.records if "below the 16000 Hz" in r.getMessage()]
+    if rate < 16000:
+        assert notes == [f"note: input audio {rate} Hz < bundle 16000 Hz (upsampled; accuracy may drop)"], stderr
+        assert len(warnings) == 1 and f"recorded at {rate} Hz" in warnings[0], stderr
+        assert stderr.splitlines()[-1] == notes[0]  # after the table and the drops
+    else:
+        assert notes == [] and warnings == [], stderr

@@ -314,6 +314,10 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
         source = build_source(args, cfg.runtime, audio_cfg.sample_rate_hz, want_video)
         source.max_side_px = cfg.runtime.max_frame_side_px
         log.info("source: %s", source.name)
+        input_rate = getattr(source, "source_rate_hz", None)
+        if input_rate and input_rate < audio_cfg.sample_rate_hz:  # warned once by the source; kept for --stats
+            stats.note(f"input audio {input_rate} Hz < bundle {audio_cfg.sample_rate_hz} Hz "
+                       "(upsampled; accuracy may drop)")
         use_video = source.has_video and want_video
         if not use_video and not source.has_audio:
             raise EdgeMerError(

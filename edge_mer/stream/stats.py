@@ -29,6 +29,7 @@ class Stats:
         self.audio_s: dict[str, float] = defaultdict(float)  # seconds of audio a stage processed
         self.counts: dict[str, int] = defaultdict(int)
         self.drops: dict[str, int] = {}
+        self.notes: list[str] = []  # things about the input the numbers do not show (each once)
 
     @contextlib.contextmanager
     def time(self, stage: str, audio_s: float = 0.0) -> Iterator[None]:
@@ -41,6 +42,11 @@ class Stats:
 
     def add_latency(self, latency_ms: float) -> None:
         self.stages["end_to_end"].append(latency_ms)
+
+    def note(self, text: str) -> None:
+        """A line for the report, e.g. ``input audio 8000 Hz < bundle 16000 Hz (...)``; kept once."""
+        if text not in self.notes:
+            self.notes.append(text)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] += n
@@ -69,6 +75,7 @@ class Stats:
             "events": self.counts.get("events", 0),
             "audio_rtf": rtf,
             "drops": dict(self.drops),
+            "notes": list(self.notes),
         }
 
     def report(self) -> str:
@@ -83,4 +90,5 @@ class Stats:
             lines.append(f"audio RTF {name}: {value:.3f} (processing time / audio time)")
         drops = ", ".join(f"{k} {v}" for k, v in s["drops"].items()) or "none"
         lines.append(f"drops: {drops}")
+        lines.extend(f"note: {text}" for text in s["notes"])
         return "\n".join(lines)
