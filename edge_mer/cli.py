@@ -7,14 +7,41 @@ Errors about user input print one line, ``edge-mer: error: ...``, and exit non-z
 
 from __future__ import annotations
 
-import argparse
-import logging
+import _signal  # the C module: installed before `signal` (an enum module) has even imported
 import sys
-from pathlib import Path
+
+_received: list[int] = []  # signals taken before main() could act on them, and by _stop_signals
+
+
+def _record(signum, frame) -> None:
+    _received.append(signum)
+
+
+def _is_program() -> bool:
+    """Whether this process is ``edge-mer`` itself (the console script, ``python -m edge_mer``),
+    not a program that imports the CLI (tests call main() in-process)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "edge_mer.__main__" or sys.argv[0].endswith("edge-mer")
+
+
+if _is_program():
+    # From the first lines the program runs: a SIGINT, SIGTERM or SIGHUP while the modules below
+    # import is noted (not raised: a KeyboardInterrupt out of an import is a traceback) and
+    # main() ends the run as soon as it starts. An ignored signal stays ignored (nohup).
+    for _name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(_signal, _name) and _signal.getsignal(getattr(_signal, _name)) != _signal.SIG_IGN:
+            _signal.signal(getattr(_signal, _name), _record)
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Callable
 
-from edge_mer import __version__
-from edge_mer.errors import EdgeMerError
+from edge_mer import __version__  # noqa: E402
+from edge_mer.errors import EdgeMerError, Interrupted, interrupt_in, stopped_message  # noqa: E402
 
 log = logging.getLogger("edge_mer")
 
@@ -101,26 +128,76 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    _setup_logging(getattr(args, "verbose", 0))
+@contextlib.contextmanager
+def _stop_signals():
+    """SIGINT, SIGTERM and SIGHUP raise :class:`~edge_mer.errors.Interrupted` from the first line
+    of :func:`main` on (while the parser imports the runtime, the bundle loads, ...), so a stop
+    during start-up also ends with 128 + the signal's number and one line, never a traceback or a
+    kill by the signal's default action. ``edge-mer run`` installs its own handlers for its run
+    loop. A signal the process was started with ignored stays ignored. The previous handlers come
+    back at the end (``main`` is also called in-process)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        def handle(signum, frame):
+            _received.append(signum)
+            raise Interrupted(signum)
+
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            # An ignored signal stays ignored (`nohup edge-mer run ...`, a background job's SIGINT).
+            if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
+                number = getattr(signal, name)
+                previous[number] = signal.signal(number, handle)
     try:
-        return int(args.func(args) or 0)
-    except EdgeMerError as exc:
-        print(f"edge-mer: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt as exc:  # Ctrl-C, or errors.Interrupted: 128 + the signal's number
-        return getattr(exc, "exit_code", 130)
-    except BrokenPipeError:
-        # The reader of our stdout went away (e.g. `edge-mer run | head`): stop quietly.
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _stopped(exc: KeyboardInterrupt, command: str | None) -> int:
+    signum = int(getattr(exc, "signum", signal.SIGINT))  # a bare KeyboardInterrupt is Python's own SIGINT
+    # Before the command is known, or in `run` before its loop: the start-up.
+    print(stopped_message(signum, starting=True, command=command or "run"), file=sys.stderr, flush=True)
+    return 128 + signum
+
+
+def main(argv: list[str] | None = None) -> int:
+    command = None
+    pending, _received[:] = list(_received), []
+    with _stop_signals():
         try:
-            sys.stdout = None  # type: ignore[assignment]
-        finally:
-            return 0
+            if pending:  # a signal while the program was importing this module
+                raise Interrupted(pending[0])
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = getattr(args, "command", None)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 0
+            _setup_logging(getattr(args, "verbose", 0))
+            return int(args.func(args) or 0)
+        except EdgeMerError as exc:
+            print(f"edge-mer: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, or errors.Interrupted: 128 + the signal's number. `run` prints its own line
+            # once its outputs are open; a signal before that (or in another command) ends here.
+            return _stopped(exc, command)
+        except BrokenPipeError:
+            # The reader of our stdout went away (e.g. `edge-mer run | head`): stop quietly.
+            try:
+                sys.stdout = None  # type: ignore[assignment]
+            finally:
+                return 0
+        except Exception as exc:
+            # A signal raised inside a library's import or initialisation comes back as its own
+            # error (ImportError: initialization failed): still a stop, not a crash.
+            interrupt = interrupt_in(exc)
+            if interrupt is None and _received:
+                interrupt = Interrupted(_received[-1])
+            if interrupt is None:
+                raise
+            return _stopped(interrupt, command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -52,3 +52,41 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signum)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (a signal's :class:`Interrupted`) behind ``exc``, if any: a signal
+    that lands while a library imports or initialises (onnxruntime's pybind11 module) comes back
+    as that library's own error, ``ImportError: initialization failed``, caused by it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def stopped_message(signum: int, events: int = 0, starting: bool = False, command: str = "run") -> str:
+    """The one line on stderr of a process ended by a signal.
+
+    >>> stopped_message(15, starting=True)
+    'edge-mer: stopped by SIGTERM during start-up, before the first event (exit 143)'
+    >>> stopped_message(2, events=3)
+    'edge-mer: stopped by SIGINT after 3 events (exit 130)'
+    """
+    import signal
+
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    if command != "run":
+        what = ""
+    elif starting:
+        what = " during start-up, before the first event"
+    elif not events:
+        what = " before the first event"
+    else:
+        what = f" after {events} event{'s' if events != 1 else ''}"
+    return f"edge-mer: stopped by {name}{what} (exit {128 + signum})"

@@ -115,3 +115,68 @@ def test_ws_port_0_prints_the_address_it_bound(bundle, speech, tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process has a handler for ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")), 0)
+    return bool(mask >> (sig - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc to see when the handlers are in place")
+@pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.2])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_during_start_up(bundle, speech, tmp_path, sig, delay_s):
+    # The signal comes while the runtime is still importing and loading the bundle and models,
+    # before the first event: 128 + the signal, one line, no traceback, and no file at all (no
+    # events were begun). The delay counts from the moment the process catches SIGTERM, i.e. it
+    # runs edge-mer's code; a signal before the interpreter gets that far has the system's
+    # default action (the process is killed by it, which a shell reports as the same status).
+    out = tmp_path / "events.jsonl"
+    proc = _start(bundle, speech, "--out", str(out))  # real speed: the first event after 2 s of sound
+    deadline = time.monotonic() + 30
+    while not _catches(proc.pid, signal.SIGTERM):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.001)
+    time.sleep(delay_s)
+    proc.send_signal(sig)
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err, err
+    assert stdout == ""
+    assert err.strip().splitlines() == [
+        f"edge-mer: stopped by {sig.name} during start-up, before the first event (exit {128 + sig})"], err
+    assert list(tmp_path.iterdir()) == [], "a run stopped before its first event leaves no file"
+
+
+def test_a_signal_during_start_up_keeps_an_existing_out_file(bundle, speech, tmp_path):
+    # A stop before the first event does not replace the events of an earlier run with nothing.
+    out = tmp_path / "events.jsonl"
+    out.write_text('{"window": 0}\n')
+    proc = _start(bundle, speech, "--out", str(out))
+    _wait_for(lambda: (tmp_path / "events.jsonl.partial").exists(), proc)  # the output is opened, no event yet
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1].startswith("edge-mer: stopped by SIGTERM"), err
+    assert out.read_text() == '{"window": 0}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl"]
+
+
+def test_an_ignored_sighup_stays_ignored(bundle, speech, tmp_path):
+    # `nohup edge-mer run ...`: the run outlives its terminal (SIGHUP), and ends at its end.
+    out = tmp_path / "events.jsonl"
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an ignored disposition is inherited, as nohup does
+    try:
+        proc = _start(bundle, speech, "--out", str(out))
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    _wait_for(lambda: _lines(tmp_path / "events.jsonl.partial") >= 1, proc)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [json.loads(line)["window"] for line in out.read_text().splitlines()] == list(range(WINDOWS))

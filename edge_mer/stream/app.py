@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from edge_mer.config import Config, RuntimeCfg, load_config, save_config
-from edge_mer.errors import DeviceError, EdgeMerError, Interrupted
+from edge_mer.errors import DeviceError, EdgeMerError, Interrupted, interrupt_in, stopped_message
 from edge_mer.modality import Modality
 from edge_mer.stream.sources import BoundedQueue, FileSource, Frame, LiveSource, Source, camera_spec
 from edge_mer.stream.stats import Stats
@@ -217,7 +217,8 @@ class _Signals:
     (``--out`` is finalised with the events so far), prints ``--stats`` and exits 128 + the
     signal's number (130, 143, 129). While the run loop turns (``polling``) the first signal only
     sets ``signum``, so no event is cut in half; before the loop, or at a second signal, the
-    handler raises :class:`~edge_mer.errors.Interrupted`. Installed only on the main thread."""
+    handler raises :class:`~edge_mer.errors.Interrupted`. Installed only on the main thread, and not
+    for a signal the process was started with ignored (``nohup``)."""
 
     NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
 
@@ -229,7 +230,8 @@ class _Signals:
     def __enter__(self) -> "_Signals":
         if threading.current_thread() is threading.main_thread():
             for name in self.NAMES:
-                if hasattr(signal, name):
+                # An ignored signal stays ignored: `nohup edge-mer run ...` must outlive its terminal.
+                if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
                     number = getattr(signal, name)
                     self._previous[number] = signal.signal(number, self._handle)
         return self
@@ -307,6 +309,8 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
     sinks: list = []
     recorder = source = extractor = queue = out_sink = run_config = None
     ok = False
+    stopped_by: int | None = None  # the signal that ended the run
+    starting = False  # ... before the run loop began
     try:
         # Frames are analysed only when something reads them: a visual encoder, the face count
         # (the bundle has a detector) or the display.
@@ -400,18 +404,36 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
                 reader.join(timeout=0.05)
         if reader.error is not None and signals.signum is None:
             raise reader.error
-        ok = True
+        # Stopped by a signal before the first event: nothing was begun, so nothing is left
+        # (no FILE.partial, an existing FILE untouched); with events, they are finalised.
+        ok = signals.signum is None or stats.counts.get("events", 0) > 0
+        stopped_by = signals.signum
         return 0 if signals.signum is None else 128 + signals.signum
     except Interrupted as exc:
         # A signal before the run loop (loading, opening the outputs), or a second one: the
-        # outputs opened so far are finalised all the same.
-        ok = True
+        # outputs opened so far are finalised all the same if they hold events.
+        ok = stats.counts.get("events", 0) > 0
+        stopped_by, starting = exc.signum, not signals.polling
         return exc.exit_code
     except BrokenPipeError:
         # The reader of stdout went away (`edge-mer run | head`): stop quietly.
         _redirect_stdout_to_devnull()
         ok = True
         return 0
+    except Exception as exc:
+        # A signal that landed inside a library's import or set-up comes back as the library's
+        # own error (onnxruntime: "ImportError: initialization failed"): a stop all the same.
+        interrupt = interrupt_in(exc)
+        if interrupt is not None:
+            signum = getattr(interrupt, "signum", None) or signals.signum or signal.SIGINT
+        elif not signals.polling and signals.signum is not None:
+            signum = signals.signum  # the handler raised, and the library lost the cause
+        else:
+            raise
+        signum = int(signum)
+        ok = stats.counts.get("events", 0) > 0
+        stopped_by, starting = signum, not signals.polling
+        return 128 + signum
     finally:
         if source is not None:
             source.close()  # idempotent; releases the devices when the run failed before reading
@@ -434,6 +456,8 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
             display.close()
         if args.stats:
             print(stats.report(), file=sys.stderr)
+        if stopped_by is not None:
+            print(stopped_message(stopped_by, stats.counts.get("events", 0), starting), file=sys.stderr, flush=True)
 
 
 def _process(window: Window, extractor, fusion, smoother, labels, emit_text, make_event, stats: Stats,
