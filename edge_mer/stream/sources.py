@@ -187,21 +187,29 @@ class FileSource(Source):
 
     def __init__(self, path: str | os.PathLike, sample_rate_hz: int, realtime: bool = True,
                  use_video: bool = True, use_audio: bool = True, chunk_s: float = 0.1) -> None:
-        from edge_mer.media import probe
+        from edge_mer.media import file_path, input_label, is_stream, open_media, probe
 
         super().__init__()
         self.path = Path(path)
-        info = probe(self.path)  # raises a one-line MediaError for a missing or unreadable file
-        if info.still_image:
-            raise MediaError(f"{self.path}: is a still image ({info.format_name}), not a video or audio recording")
+        self.label = input_label(path)
+        # A stream (``-``, a FIFO, a pipe) can be read only once: it is opened here, what it holds
+        # is learnt from that container, and __iter__ decodes the same container (FFmpeg keeps
+        # the packets it read while probing). A file is probed here and opened again to decode.
+        self.is_stream = is_stream(path)
+        self._stream_container = None
+        if self.is_stream:
+            # raises a one-line MediaError for an empty stream or a format that needs seeking
+            self._stream_container, info = open_media(path, stop=self._stop_requested)
+        else:
+            info = probe(self.path)  # raises a one-line MediaError for a missing or unreadable file
+        try:
+            self._check(info, use_video, use_audio)
+        except BaseException:
+            self.close()
+            raise
         self.duration_s = info.duration_s
-        self.has_video = bool(use_video and info.has_video)
-        self.has_audio = bool(use_audio and info.has_audio)
-        if not self.has_video and not self.has_audio:
-            wanted = "audio track" if not use_video else "video or audio track"
-            raise MediaError(f"{self.path}: has no {wanted}")
-        self.name = f"file://{self.path}"
-        self.label = str(self.path)
+        self.format_name = info.format_name
+        self.name = "pipe:stdin" if str(path) == "-" else f"{'pipe' if self.is_stream else 'file'}://{self.path}"
         self.sample_rate_hz = sample_rate_hz
         # Audio recorded below the rate the bundle's features expect is upsampled, but the band
         # above its Nyquist frequency is empty: the encoder hears it as muffled speech and labels
@@ -209,19 +217,36 @@ class FileSource(Source):
         self.source_rate_hz = info.audio_rate_hz if self.has_audio else None
         if self.source_rate_hz and self.source_rate_hz < sample_rate_hz:
             log.warning("%s: audio recorded at %d Hz, below the %d Hz the bundle's audio features expect: nothing "
-                        "above %d Hz reaches the encoder, expect less accurate audio labels", self.path,
+                        "above %d Hz reaches the encoder, expect less accurate audio labels", self.label,
                         self.source_rate_hz, sample_rate_hz, self.source_rate_hz // 2)
         self.realtime = realtime
         self.chunk = max(1, int(round(chunk_s * sample_rate_hz)))
         self._container = None
 
+    def _check(self, info, use_video: bool, use_audio: bool) -> None:
+        if info.still_image:
+            raise MediaError(f"{self.label}: is a still image ({info.format_name}), not a video or audio recording")
+        self.has_video = bool(use_video and info.has_video)
+        self.has_audio = bool(use_audio and info.has_audio)
+        if not self.has_video and not self.has_audio:
+            wanted = "audio track" if not use_video else "video or audio track"
+            raise MediaError(f"{self.label}: has no {wanted}")
+
     def __iter__(self) -> Iterator[Item]:
         import av
 
-        try:
-            self._container = container = av.open(str(self.path))
-        except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(f"{self.path}: cannot open as media ({_short(exc)})") from None
+        from edge_mer.media import file_path
+
+        if self.is_stream:
+            if self._stream_container is None:
+                raise MediaError(f"{self.label}: a stream can be read only once")
+            self._container = container = self._stream_container
+            self._stream_container = None
+        else:
+            try:
+                self._container = container = av.open(str(file_path(self.path)))
+            except (av.error.FFmpegError, OSError) as exc:
+                raise MediaError(f"{self.label}: cannot open as media ({_short(exc)})") from None
         streams = []
         vstream = container.streams.video[0] if self.has_video else None
         astream = container.streams.audio[0] if self.has_audio else None
@@ -285,6 +310,12 @@ class FileSource(Source):
                             audio_samples += self.chunk
                             rest = data[self.chunk:]
                             pending, pending_n = ([rest] if rest.size else []), rest.size
+            reader = getattr(container, "reader", None)  # a stream's: a read error ended its packets?
+            if reader is not None:
+                try:
+                    reader.raise_interrupt()
+                except OSError as exc:
+                    raise MediaError(f"{self.label}: reading the stream failed ({exc.strerror or exc})") from None
             if resampler is not None:
                 for out in resampler.resample(None):
                     pending.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
@@ -295,17 +326,24 @@ class FileSource(Source):
                         audio_samples += data.size
             if n_frames == 0 and audio_samples == 0:
                 # FFmpeg opens some non-media files (a text file named .flac) and decodes nothing.
-                raise MediaError(f"{self.path}: decodes to no audio samples and no video frames "
-                                 "(not a media file, or its tracks are empty)")
+                raise MediaError(f"{self.label}: decodes to no audio samples and no video frames "
+                                 "(not a media file, or its tracks are empty)" + self._stream_hint())
             # FFmpeg ends a cut-off file quietly: say so, or a truncated recording looks whole.
             decoded_s = max(last_frame_t, (audio_t0 or 0.0) + audio_samples / self.sample_rate_hz)
-            if self.duration_s and decoded_s < self.duration_s - 1.0:
-                log.warning("%s: decoding stopped at %.1f s of %.1f s (truncated or damaged file?)",
-                            self.path, decoded_s, self.duration_s)
+            if self.duration_s and decoded_s < self.duration_s - 1.0 and not self._stop_requested.is_set():
+                log.warning("%s: decoding stopped at %.1f s of %.1f s (truncated or damaged %s?)",
+                            self.label, decoded_s, self.duration_s, "stream" if self.is_stream else "file")
         except av.error.FFmpegError as exc:
-            raise MediaError(f"{self.path}: corrupt media ({_short(exc)})") from None
+            raise MediaError(f"{self.label}: corrupt media ({_short(exc)})" + self._stream_hint()) from None
         finally:
             self.close()
+
+    def _stream_hint(self) -> str:
+        # An MP4/MOV read without seeking fails in ways FFmpeg does not explain.
+        if self.is_stream and "mp4" in (self.format_name or "").split(","):
+            return ("; an MP4/MOV read from a pipe or FIFO needs its index first: write it to a file, or remux it "
+                    "with 'ffmpeg -i IN -c copy -movflags +faststart OUT.mp4', or stream WAV, MKV or MPEG-TS")
+        return ""
 
     def _pace(self, t_s: float) -> None:
         # Real-speed replay: an item is released once the wall clock reaches its time.
@@ -315,9 +353,11 @@ class FileSource(Source):
                 time.sleep(delay)
 
     def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+        for attr in ("_container", "_stream_container"):
+            container = getattr(self, attr, None)
+            if container is not None:
+                setattr(self, attr, None)
+                container.close()
 
 
 # --------------------------------------------------------------------------- live devices
