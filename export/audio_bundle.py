@@ -161,6 +161,18 @@ def pretrain(plan: AudioBundlePlan) -> Path:
     return run
 
 
+def run_description(meta: dict) -> str:
+    """One line on how a pretraining run was trained, from its checkpoint meta (config and data)."""
+    cfg, data = meta.get("config", {}), meta.get("data", {})
+    train, loss = cfg.get("train", {}), cfg.get("loss", {})
+    mods = list(train.get("modalities", []))
+    pairs = ", ".join("-".join(p) if isinstance(p, (list, tuple)) else str(p) for p in loss.get("pairs", [])) or "all pairs"
+    where = data.get("cache") or data.get("dataset") or "unknown data"
+    actors = f", actors {_actor_tag(data['actors'])}" if data.get("actors") else ""
+    return (f"label-free pairwise pretraining ({' <-> '.join(mods)}; pairs: {pairs}) on {where}{actors}, "
+            f"{train.get('epochs', '?')} epochs, seed {train.get('seed', '?')} (run {meta.get('run_dir', '')})").replace(" (run )", "")
+
+
 def _actor_tag(actors: Sequence[int]) -> str:
     return "-".join(f"{a:02d}" for a in sorted(actors))
 
@@ -184,8 +196,11 @@ def encoder_source(plan: AudioBundlePlan, cfg: Config, clips: Sequence[LabelledC
         module = encoders["audio"].eval()
         meta = read_meta(run)
         audio_cfg = section_from_dict("audio", meta["config"]["audio"], f"{run}: config.audio")
-        info.update(run=str(run), source=f"label-free pairwise pretraining (audio <-> face action units) on actors "
-                    f"{_actor_tag(plan.actors)}, {Path(plan.config_files[0]).name}")
+        if plan.run is None:
+            info.update(run=str(run), source=f"label-free pairwise pretraining (audio <-> face action units) on actors "
+                        f"{_actor_tag(plan.actors)}, {Path(plan.config_files[0]).name}")
+        else:  # an existing run (--release RUN): described by its own config and data, not the release recipe
+            info.update(run=str(run), source=run_description(meta))
     elif plan.encoder == "whisper":
         from training.encoders.whisper_trunk import whisper_feature_cfg
 
