@@ -63,7 +63,7 @@ class VoskAsr:
         """Load the model in ``model_dir``. A missing or malformed directory is a ConfigError."""
         path = Path(model_dir)
         if not path.is_dir():
-            raise ConfigError(f"Vosk model {path}: directory not found (download one from https://alphacephei.com/vosk/models)")
+            raise ConfigError(f"Vosk model {path}: directory not found (download one from https://alphacephei.com/vosk/models, or use --asr whisper: built-in English, no download)")
         if not is_model_dir(path):
             raise ConfigError(f"Vosk model {path}: not a Vosk model directory (expected am/ and conf/ inside)")
         if sample_rate_hz <= 0:
