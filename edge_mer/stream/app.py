@@ -42,6 +42,9 @@ EXAMPLES = """examples:
   edge-mer run --camera 0 --mic default --vosk-model ~/vosk-model-small-en-us-0.15 --stats
   edge-mer run --audio speech.flac --out events.jsonl --emit-text --vosk-model DIR
   edge-mer run --camera 0 --ws 8765          (events on ws://127.0.0.1:8765)
+  edge-mer run --camera 0 --http 8080        (live dashboard on http://127.0.0.1:8080/)
+  edge-mer run --camera 0 --mqtt robot@broker.local/lab/emotion   (password: $EDGE_MER_MQTT_PASSWORD)
+  edge-mer run --camera 0 --osc 127.0.0.1:9000                    (/edge-mer/label, /edge-mer/prob/<label>)
 """
 
 # Frames analysed per second when only the face count (no face encoder) needs them.
@@ -77,6 +80,18 @@ def add_run_parser(subparsers, add_config_args: Callable[[argparse.ArgumentParse
     out = p.add_argument_group("outputs")
     out.add_argument("--out", metavar="FILE", help="write events as JSON Lines to FILE instead of stdout")
     out.add_argument("--ws", metavar="[HOST:]PORT", help="also serve events over WebSocket (default host 127.0.0.1)")
+    out.add_argument("--http", metavar="[HOST:]PORT",
+                     help="also serve a live dashboard page (default host 127.0.0.1; port 0: any free one)")
+    out.add_argument("--mqtt", metavar="[USER@]HOST[:PORT]/TOPIC",
+                     help="also publish each event as JSON to an MQTT broker (port 1883 by default; the password, "
+                          "if any, from the environment variable EDGE_MER_MQTT_PASSWORD); needs edge-mer[sinks]")
+    out.add_argument("--mqtt-qos", type=int, choices=(0, 1, 2), default=1, help="MQTT QoS (default: %(default)s)")
+    out.add_argument("--mqtt-retain", action="store_true", help="publish retained (the broker keeps the latest event)")
+    out.add_argument("--mqtt-buffer", type=int, default=1000, metavar="N",
+                     help="events kept while the broker is away; beyond, the oldest are dropped (default: %(default)s)")
+    out.add_argument("--osc", metavar="HOST:PORT",
+                     help="also send each event as OSC messages over UDP (/edge-mer/label, /edge-mer/prob/<label>, "
+                          "...); needs edge-mer[sinks]")
     out.add_argument("--display", action="store_true", help="show an OpenCV window (needs a GUI OpenCV)")
     out.add_argument("--emit-text", action="store_true", help="include the transcript in events (off: privacy)")
     out.add_argument("--emit-features", action="store_true",
@@ -99,6 +114,19 @@ def _check_args(args: argparse.Namespace, runtime: RuntimeCfg) -> None:
         raise EdgeMerError("a file source (--video/--audio) cannot be combined with --camera or --mic")
     if args.fast and not files:
         raise EdgeMerError("--fast replays a file; it needs --video or --audio")
+    # The network sinks' addresses, before anything slow loads (their packages are imported later).
+    if getattr(args, "mqtt", None):
+        from edge_mer.stream.sinks.mqtt import parse_mqtt_address
+
+        parse_mqtt_address(args.mqtt)
+    if getattr(args, "osc", None):
+        from edge_mer.stream.sinks.osc import parse_osc_address
+
+        parse_osc_address(args.osc)
+    if getattr(args, "mqtt_buffer", 1) < 1:
+        raise EdgeMerError(f"--mqtt-buffer {args.mqtt_buffer}: must be at least 1 event")
+    if getattr(args, "mqtt", None) is None and (getattr(args, "mqtt_retain", False) or getattr(args, "mqtt_qos", 1) != 1):
+        raise EdgeMerError("--mqtt-qos and --mqtt-retain need --mqtt [USER@]HOST[:PORT]/TOPIC")
     # Value ranges (runtime.queue_size, runtime.drop_policy, ...) are checked by load_config.
 
 
@@ -345,6 +373,7 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
             sinks.append(WebSocketSink(host, port))
             if port == 0:  # the system chose the port: say which, or no client could find it
                 print(f"edge-mer: WebSocket events on {sinks[-1].url}", file=sys.stderr, flush=True)
+        sinks.extend(_network_sinks(args, cfg, lambda: {"drops": _live_drops(source, queue, extractor, sinks)}))
         if args.record:
             recorder = Recorder(args.record, audio_cfg.sample_rate_hz)
         # The resolved config goes next to each output file (not beside a device or FIFO), once
@@ -448,6 +477,10 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
                 sink.close(ok)
             except BrokenPipeError:
                 _redirect_stdout_to_devnull()
+            except Exception as exc:  # one sink failing to close must not keep the others open
+                log.warning("closing %s: %s", type(sink).__name__, exc)
+            if hasattr(sink, "drops"):  # after close: a sink counts what it could not deliver
+                stats.drops.update(sink.drops())
         if not ok and run_config is not None and not out_sink.written:
             run_config.unlink(missing_ok=True)  # a run that failed before its first event leaves nothing
         if recorder is not None:
@@ -458,6 +491,42 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
             print(stats.report(), file=sys.stderr)
         if stopped_by is not None:
             print(stopped_message(stopped_by, stats.counts.get("events", 0), starting), file=sys.stderr, flush=True)
+
+
+def _network_sinks(args: argparse.Namespace, cfg: Config, run_stats: Callable[[], dict]) -> list:
+    """``--http``, ``--mqtt`` and ``--osc``, each imported only when asked for (paho-mqtt and
+    python-osc are the optional ``edge-mer[sinks]``)."""
+    out: list = []
+    if getattr(args, "http", None):
+        from edge_mer.stream.sinks import parse_ws_address
+        from edge_mer.stream.sinks.http import HttpSink
+
+        host, port = parse_ws_address(args.http, cfg.runtime.websocket_host, flag="--http", example=8080)
+        out.append(HttpSink(host, port, run_stats))
+        print(f"edge-mer: dashboard on {out[-1].url}", file=sys.stderr, flush=True)
+    if getattr(args, "mqtt", None):
+        from edge_mer.stream.sinks.mqtt import MqttSink, parse_mqtt_address
+
+        out.append(MqttSink(parse_mqtt_address(args.mqtt), args.mqtt_qos, args.mqtt_retain, args.mqtt_buffer))
+    if getattr(args, "osc", None):
+        from edge_mer.stream.sinks.osc import OscSink, parse_osc_address
+
+        out.append(OscSink(*parse_osc_address(args.osc)))
+    return out
+
+
+def _live_drops(source, queue, extractor, sinks) -> dict[str, int]:
+    """Drops so far, for the dashboard while the run goes on (``--stats`` reports them at the end)."""
+    drops: dict[str, int] = {}
+    for part in (source, extractor, *sinks):
+        if part is not None and hasattr(part, "drops"):
+            try:
+                drops.update(part.drops())
+            except Exception:  # a counter read mid-update is not worth failing an event for
+                pass
+    if queue is not None:
+        drops["windows"] = queue.dropped
+    return drops
 
 
 def _process(window: Window, extractor, fusion, smoother, labels, emit_text, make_event, stats: Stats,

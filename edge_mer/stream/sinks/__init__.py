@@ -6,6 +6,12 @@ never leaves a half-written file under the final name; it follows a symlink, wri
 FIFO directly, and refuses a second run writing the same file. The WebSocket server binds to 127.0.0.1 unless told
 otherwise: emotion estimates of a person are not something to publish on the network by default.
 
+The other sinks live in their own modules and import their packages only when used:
+:mod:`~edge_mer.stream.sinks.mqtt` (``--mqtt``, paho-mqtt), :mod:`~edge_mer.stream.sinks.osc`
+(``--osc``, python-osc) and :mod:`~edge_mer.stream.sinks.http` (``--http``, the live dashboard,
+standard library only). A sink that can lose events has ``drops() -> {name: count}``, reported by
+``--stats``.
+
 >>> sink = JsonlSink(sys.stdout)                         # doctest: +SKIP
 >>> sink.send({"t_end": 2.0, "label": "happy"})          # doctest: +SKIP
 {"t_end": 2.0, "label": "happy"}
@@ -148,16 +154,22 @@ def _open_locked(path: Path) -> IO[str] | None:
         os.close(fd)
 
 
-def parse_ws_address(text: str, default_host: str) -> tuple[str, int]:
-    """``"8765"`` -> (default_host, 8765); ``"0.0.0.0:8765"`` -> ("0.0.0.0", 8765)."""
+def parse_ws_address(text: str, default_host: str, flag: str = "--ws", example: int = 8765) -> tuple[str, int]:
+    """``"8765"`` -> (default_host, 8765); ``"0.0.0.0:8765"`` -> ("0.0.0.0", 8765); ``"[::1]:8765"``
+    -> ("::1", 8765). Also parses ``--http``'s address (``flag``, ``example`` name it in the error)."""
     host, _, port = text.rpartition(":")
     try:
         number = int(port)
     except ValueError:
-        raise EdgeMerError(f"--ws {text}: expected [HOST:]PORT, e.g. 8765 or 127.0.0.1:8765") from None
+        raise EdgeMerError(f"{flag} {text}: expected [HOST:]PORT, e.g. {example} or 127.0.0.1:{example}") from None
     if not 0 <= number <= 65535:
-        raise EdgeMerError(f"--ws {text}: port must be 0-65535")
+        raise EdgeMerError(f"{flag} {text}: port must be 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     return (host or default_host), number
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class WebSocketSink(Sink):
@@ -183,7 +195,7 @@ class WebSocketSink(Sink):
         if self._error or self._server is None:
             raise DeviceError(f"--ws {host}:{port}: cannot listen ({self._error or 'timed out'})")
         self.port = self._server.sockets[0].getsockname()[1]
-        if host not in ("127.0.0.1", "::1", "localhost"):
+        if host not in LOOPBACK:
             log.warning("WebSocket sink listens on %s:%d: emotion events are reachable from the network", host, self.port)
         else:
             log.info("WebSocket sink on %s", self.url)
