@@ -218,6 +218,12 @@ class MqttSink(Sink):
             self._pending.append(payload)
             self._cond.notify_all()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the broker is connected now (False during an outage)."""
+        with self._cond:
+            return self._connected
+
     def undelivered(self) -> int:
         with self._cond:
             return len(self._pending) + (self._handed - self._done)
