@@ -62,6 +62,7 @@ SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
+USER_KIND = "user"  # manifest "kind" of a user bundle (edge-mer adapt)
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "schema_version": int,
@@ -102,12 +103,31 @@ def _resolve_inside(root: Path, rel: str, name: str) -> Path:
     return root / rel
 
 
+def _verify_files(root: Path, manifest: dict, name: str, verify_checksums: bool) -> None:
+    for where, entry in iter_file_entries(manifest):
+        file_path = _resolve_inside(root, entry["file"], name)
+        if not file_path.is_file():
+            raise BundleError(f"bundle {name}: missing file {entry['file']} (listed in {MANIFEST} at {where})")
+        if "sha256" not in entry:
+            raise BundleError(f"bundle {name}: {where} lists {entry['file']} without a sha256")
+        if verify_checksums:
+            actual = sha256_file(file_path)
+            if actual != entry["sha256"]:
+                raise BundleError(
+                    f"bundle {name}: checksum mismatch for {entry['file']} "
+                    f"(manifest {entry['sha256'][:12]}…, file {actual[:12]}…): the file was changed or corrupted"
+                )
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A validated model bundle. Build one with :meth:`load`."""
 
     root: Path
     manifest: dict[str, Any]
+    # A user bundle (``edge-mer adapt``): its own directory, holding only what was adapted; the
+    # encoders, heads and detectors are the base bundle's (``root``), referenced by checksum.
+    user_root: Path | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -126,23 +146,51 @@ class Bundle:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"bundle {name}: {MANIFEST} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        if isinstance(manifest, dict) and manifest.get("kind") == USER_KIND:
+            return cls._load_user(root, manifest, name, verify_checksums)
         validate_manifest(manifest, name)
-        for where, entry in iter_file_entries(manifest):
-            file_path = _resolve_inside(root, entry["file"], name)
-            if not file_path.is_file():
-                raise BundleError(f"bundle {name}: missing file {entry['file']} (listed in {MANIFEST} at {where})")
-            if "sha256" not in entry:
-                raise BundleError(f"bundle {name}: {where} lists {entry['file']} without a sha256")
-            if verify_checksums:
-                actual = sha256_file(file_path)
-                if actual != entry["sha256"]:
-                    raise BundleError(
-                        f"bundle {name}: checksum mismatch for {entry['file']} "
-                        f"(manifest {entry['sha256'][:12]}…, file {actual[:12]}…): the file was changed or corrupted"
-                    )
+        _verify_files(root, manifest, name, verify_checksums)
         return cls(root=root, manifest=manifest)
 
+    @classmethod
+    def _load_user(cls, root: Path, manifest: dict, name: str, verify_checksums: bool) -> "Bundle":
+        """A user bundle: its base bundle loaded (and its manifest's checksum matched), the
+        adaptation's own files verified; the result reads like the base with ``adaptation``."""
+        base = manifest.get("base")
+        adaptation = manifest.get("adaptation")
+        if not isinstance(base, dict) or not isinstance(base.get("path"), str) or not isinstance(base.get("manifest_sha256"), str):
+            raise BundleError(f"bundle {name}: a user bundle needs 'base': {{\"path\", \"manifest_sha256\"}}")
+        if not isinstance(adaptation, dict) or not isinstance(adaptation.get("heads"), dict) or not adaptation["heads"]:
+            raise BundleError(f"bundle {name}: a user bundle needs 'adaptation': {{\"heads\": {{modality: file entry}}}}")
+        base_root = Path(base["path"]) if os.path.isabs(base["path"]) else (root / base["path"])
+        if not (base_root / MANIFEST).is_file():
+            raise BundleError(f"bundle {name}: its base bundle {base_root} is not there (adapted on {base.get('name', '?')})")
+        actual = sha256_file(base_root / MANIFEST)
+        if actual != base["manifest_sha256"]:
+            raise BundleError(f"bundle {name}: its base bundle {base_root} changed since the adaptation (manifest "
+                              f"{actual[:12]}…, adapted on {base['manifest_sha256'][:12]}…): run edge-mer adapt again")
+        parent = cls.load(base_root, verify_checksums)
+        labels = parent.manifest["labels"]
+        for key, entry in adaptation["heads"].items():
+            if key not in parent.manifest["heads"]:
+                raise BundleError(f"bundle {name}: adaptation.heads.{key}: the base bundle has no {key} head")
+            if not isinstance(entry, dict) or "file" not in entry:
+                raise BundleError(f"bundle {name}: adaptation.heads.{key} has no 'file'")
+        _verify_files(root, adaptation, name, verify_checksums)
+        merged = dict(parent.manifest)
+        merged["adaptation"] = adaptation
+        merged["user"] = {k: manifest[k] for k in ("name", "created_utc", "edge_mer_version") if k in manifest}
+        if adaptation.get("labels", labels) != labels:
+            raise BundleError(f"bundle {name}: adapted for labels {adaptation.get('labels')}, the base has {labels}")
+        return cls(root=parent.root, manifest=merged, user_root=root)
+
     # ------------------------------------------------------------------ accessors
+
+    def user_path(self, entry: dict) -> Path:
+        """A file of the user bundle (its adaptation)."""
+        if self.user_root is None:
+            raise BundleError(f"bundle {self.root}: not a user bundle")
+        return _resolve_inside(self.user_root, entry["file"], str(self.user_root))
 
     @property
     def name(self) -> str:
@@ -234,8 +282,17 @@ class Bundle:
                 lines.append(f"{key:<11} {prov[key]}")
         for key, value in prov.get("metrics", {}).items():
             lines.append(f"metric      {key}: {value}")
-        total = sum(self.path(e).stat().st_size for _, e in iter_file_entries(m))
-        lines.append(f"size        {total / 1e6:.1f} MB in {len(list(iter_file_entries(m)))} files")
+        base = {k: v for k, v in m.items() if k not in ("adaptation", "user")}
+        total = sum(self.path(e).stat().st_size for _, e in iter_file_entries(base))
+        lines.append(f"size        {total / 1e6:.1f} MB in {len(list(iter_file_entries(base)))} files")
+        if self.user_root is not None:
+            a = m["adaptation"]
+            counts = ", ".join(f"{k} {v}" for k, v in a.get("moments_per_label", {}).items())
+            lines[0:0] = [f"user bundle {self.user_root} ({m['user'].get('name', '?')}, adapted {m['user'].get('created_utc', '?')})",
+                          f"adapted on  {a.get('moments', '?')} labelled moments ({counts}) from {a.get('source', '?')}; "
+                          f"heads {', '.join(a['heads'])}; stores features and labels only"
+                          + ("" if not a.get("recorded") else f"; media recorded in {a['recorded']}"),
+                          f"base        ({m['name']}, manifest {a.get('base_manifest_sha256', '')[:12]}…):"]
         return "\n".join(lines)
 
 

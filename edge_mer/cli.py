@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         _app.add_run_parser(sub, add_config_args, DEFAULT_BUNDLE)
     except ImportError as exc:  # pragma: no cover - only while the runtime is being built
         log.debug("run unavailable: %s", exc)
+    from edge_mer import adapt as _adapt  # numpy only: always there
+
+    _adapt.add_adapt_parser(sub, add_config_args, DEFAULT_BUNDLE)
     try:
         from edge_mer import bench as _bench
 

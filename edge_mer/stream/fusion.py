@@ -79,6 +79,12 @@ class Fusion:
         self._warned: set[str] = set()
         weights = (bundle.manifest.get("fusion") or {}).get("weights") or {}
         self.weights = {Modality(m): float(w) for m, w in weights.items()}
+        # A user bundle (edge-mer adapt): per head, a residual on the head's log-probabilities
+        # read from the head's own input (edge_mer.adapt.apply_residual).
+        from edge_mer.adapt import load_residuals
+
+        self.residuals = load_residuals(bundle)
+        self.last_inputs: dict[str, np.ndarray] = {}  # per head: the input it read last (standardised features)
 
     @classmethod
     def from_bundle(cls, bundle: "Bundle", runtime_cfg: RuntimeCfg) -> "Fusion":
@@ -120,14 +126,24 @@ class Fusion:
         head = self._head(key)
         norm = self._norms.get(key)
         if norm is None:
-            return self._probs(head, x)
+            self.last_inputs[key] = x[0]
+            return self._adapted(key, self._probs(head, x))
         x_user = norm(x)  # updates the person's statistics (when adapting), then standardises
+        self.last_inputs[key] = x_user[0]
         population = self._population.get(key)
         if population is None:
-            return self._probs(head, x_user)
+            return self._adapted(key, self._probs(head, x_user))
         w = self.user_weight(norm)
         p_pop = self._probs(population, norm.apply_prior(x))
-        return p_pop if w == 0.0 else w * self._probs(head, x_user) + (1.0 - w) * p_pop
+        return self._adapted(key, p_pop if w == 0.0 else w * self._probs(head, x_user) + (1.0 - w) * p_pop)
+
+    def _adapted(self, key: str, probs: np.ndarray) -> np.ndarray:
+        residual = self.residuals.get(key)
+        if residual is None:
+            return probs
+        from edge_mer.adapt import apply_residual
+
+        return apply_residual(probs, self.last_inputs[key], residual)
 
     def user_weight(self, norm: RunningNorm) -> float:
         """Weight of the per-user head: ``n / (n + k)`` for ``n`` windows of this person, ``k =
