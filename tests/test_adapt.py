@@ -66,6 +66,27 @@ def test_one_example_per_class_cannot_wreck_a_good_head():
     assert info["lam"] is None or np.abs(r.weight).max() < 1.0
 
 
+def test_the_fit_reaches_the_regularised_optimum():
+    """300 steps (the default) give the optimum that 5000 give: the residual is the L2 fit it says it is."""
+    from edge_mer.adapt import _fit_dual, _softmax
+
+    rng = np.random.default_rng(2)
+    n, d, c = 90, 256, 8
+    y = rng.integers(0, c, n)
+    zs = rng.normal(size=(n, d)) + np.eye(c)[y] @ rng.normal(size=(c, d))
+    logp = np.log(_softmax(rng.normal(size=(n, c))))
+    K = zs @ zs.T
+    counts = np.bincount(y, minlength=c).astype(float)
+    w = 1.0 / (counts[y] * np.count_nonzero(counts))
+
+    def objective(A, b, lam):
+        p = _softmax(logp + K @ A + b)
+        return float(np.sum(w * -np.log(p[np.arange(n), y])) + 0.5 * lam * (np.einsum("ic,ij,jc->", A, K, A) + b @ b))
+
+    for lam in (0.01, 1.0):
+        assert objective(*_fit_dual(K, logp, y, lam), lam) == pytest.approx(objective(*_fit_dual(K, logp, y, lam, 5000), lam), abs=1e-4)
+
+
 def test_a_window_belongs_to_a_moment_when_half_of_it_is_inside():
     m = [Moment(Path("x"), 3.0, 6.0, "happy", 0)]
     assert moment_of(2.0, 4.0, m) is m[0]  # 1 of 2 s inside
