@@ -461,3 +461,17 @@ def test_dashboard_non_loopback_bind_warns(caplog):
         sink = HttpSink("0.0.0.0", 0)
     sink.close()
     assert "reachable from the network" in caplog.text
+
+
+def test_websocket_non_loopback_bind_warns_and_loopback_does_not(caplog):
+    pytest.importorskip("websockets")
+    from edge_mer.stream.sinks import WebSocketSink
+
+    with caplog.at_level("WARNING"):
+        sink = WebSocketSink("127.0.0.1", 0)
+    sink.close()
+    assert "reachable from the network" not in caplog.text
+    with caplog.at_level("WARNING"):
+        sink = WebSocketSink("0.0.0.0", 0)
+    sink.close()
+    assert "WebSocket sink listens on 0.0.0.0" in caplog.text and "reachable from the network" in caplog.text
