@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_mer import adapt as _adapt  # numpy only: always there
 
     _adapt.add_adapt_parser(sub, add_config_args, DEFAULT_BUNDLE)
+    from edge_mer import models as _models  # standard library only
+
+    _models.add_models_parser(sub, add_config_args)
     try:
         from edge_mer import bench as _bench
 

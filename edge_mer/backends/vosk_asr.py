@@ -2,8 +2,9 @@
 
 The model (``VoskAsr``) is loaded once from a directory and holds no per-session state; each audio
 stream gets its own :class:`AsrStream` (wrapping a ``KaldiRecognizer``), so one loaded model can
-serve several microphones. Nothing is ever downloaded: ``vosk.Model(lang=...)`` would fetch a
-model from the internet, so only a directory is accepted.
+serve several microphones. Nothing is downloaded here: ``vosk.Model(lang=...)`` would fetch a
+model from the internet, so only a directory is accepted (``edge-mer models fetch vosk-en``,
+:mod:`edge_mer.models`, fetches and verifies the English one when asked).
 
 Word times are seconds on the caller's stream clock: a stream is created with the time of its
 first sample and counts the samples it is fed.
@@ -63,7 +64,7 @@ class VoskAsr:
         """Load the model in ``model_dir``. A missing or malformed directory is a ConfigError."""
         path = Path(model_dir)
         if not path.is_dir():
-            raise ConfigError(f"Vosk model {path}: directory not found (download one from https://alphacephei.com/vosk/models, or use --asr whisper: built-in English, no download)")
+            raise ConfigError(f"Vosk model {path}: directory not found ('edge-mer models fetch vosk-en' installs the English one, others are at https://alphacephei.com/vosk/models; or use --asr whisper: built-in English, no download)")
         if not is_model_dir(path):
             raise ConfigError(f"Vosk model {path}: not a Vosk model directory (expected am/ and conf/ inside)")
         if sample_rate_hz <= 0:

@@ -224,8 +224,15 @@ def _speech_to_text(cfg: Config, vosk_model_dir: str | None, sample_rate_hz: int
         raise ConfigError(f"text.asr must be 'vosk' or 'whisper', got {cfg.text.asr!r}")
     model_dir = vosk_model_dir or cfg.text.vosk_model
     if not model_dir:
-        return None, ("no speech-to-text model (pass --asr whisper for built-in English, "
-                      "or --vosk-model DIR / text.vosk_model)")
+        # The model `edge-mer models fetch vosk-en` installed in the data directory, if any.
+        from edge_mer.models import installed_vosk_model
+
+        model_dir, how = installed_vosk_model()
+        if model_dir is None:
+            log.info("no installed Vosk model: %s", how)
+            return None, ("no speech-to-text model (pass --asr whisper for built-in English, "
+                          "run 'edge-mer models fetch vosk-en' for Vosk English, or --vosk-model DIR / text.vosk_model)")
+        log.info("words from the installed Vosk model %s (%s; --vosk-model DIR for another)", model_dir, how)
     from edge_mer.backends.vosk_asr import VoskAsr
 
     return VoskAsr.from_dir(model_dir, sample_rate_hz), ""
