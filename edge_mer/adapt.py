@@ -462,12 +462,20 @@ def live_session(args: argparse.Namespace, moments: Sequence[Moment], work: Path
         argv += ["--video" if probe(args.replay).has_video else "--audio", str(args.replay)]
     if args.record:
         argv += ["--record", str(args.record)]
+    if args.http:
+        argv += ["--http", str(args.http)]
     for o in args.overrides:
         argv += ["--set", o]
     run_args = build_parser().parse_args(argv)
     end_s = max(m.end_s for m in moments) + 1.0
     partial = events_path.with_name(events_path.name + ".partial")
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    from edge_mer.stream.sinks.http import broadcast_notice
+
+    def say(text: str) -> None:
+        broadcast_notice(text)  # the dashboard too, when the session serves one (--http)
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
     done = threading.Event()
 
     def prompt() -> None:
@@ -491,6 +499,7 @@ def live_session(args: argparse.Namespace, moments: Sequence[Moment], work: Path
             say(f"  in 1 s: {m.label} ({m.index + 1}/{len(moments)}) for {m.end_s - m.start_s:g} s")
             time.sleep(max(0.0, origin + m.end_s - time.monotonic()))
             say("  thank you")
+        say("done: fitting your bundle")
         time.sleep(max(0.0, origin + end_s - time.monotonic()))
         if not done.is_set():
             os.kill(os.getpid(), signal.SIGINT)  # end the session as Ctrl-C ends a run
@@ -527,6 +536,8 @@ def add_adapt_parser(subparsers, add_config_args: Callable[[argparse.ArgumentPar
     p.add_argument("--labels", help="live: comma-separated labels to ask for (default: all of the bundle's)")
     p.add_argument("--takes", type=int, default=2, help="live: moments per label (default 2)")
     p.add_argument("--seconds", type=float, default=5.0, help="live: length of each moment (default 5 s)")
+    p.add_argument("--http", metavar="[HOST:]PORT", help="live: also show the prompts and the stream on the dashboard "
+                                                          "(as edge-mer run --http)")
     p.add_argument("--record", metavar="DIR", help="keep the session's media in DIR (default: only features and labels are kept)")
     p.add_argument("--name", help="name of the user bundle")
     p.add_argument("--quiet", action="store_true", help="live: no prompts on stderr")
@@ -566,8 +577,9 @@ def adapt_command(args: argparse.Namespace) -> int:
             result = adapt(args.bundle, moments, args.out, args.overrides, "live session", args.record, args.name,
                            events_by_media={Path("live"): events})
         else:
-            if args.record:
-                raise ConfigError("--record keeps a live session's media; from a file, the file is the media")
+            if args.record or args.http:
+                raise ConfigError("--record and --http are for a live session (--camera / --mic / --replay); "
+                                  "from a file, the file is the media")
             if not args.media and args.moments and not _has_path_column(args.moments):
                 raise ConfigError(f"{args.moments}: has no path column: give the recording with --media FILE")
             moments = read_moments(args.moments, args.media, base.labels)

@@ -236,9 +236,46 @@ def test_live_guided_session_rehearsed_on_a_recording(tmp_path):
     rec = tmp_path / "session.wav"
     sf.write(rec, wave, 16000)
     user = tmp_path / "live_user"
-    proc = _cli("adapt", "--bundle", str(DEFAULT), "--replay", str(rec), "--labels", "neutral,angry", "--takes", "2",
-                "--seconds", "3", "--out", str(user), timeout=300)
-    assert "in 1 s: neutral (1/4)" in proc.stderr and "in 1 s: angry (4/4)" in proc.stderr
+    # The session also serves the dashboard: its prompts reach a page (an SSE client here).
+    proc = subprocess.Popen([sys.executable, "-m", "edge_mer", "adapt", "--bundle", str(DEFAULT), "--replay", str(rec),
+                             "--labels", "neutral,angry", "--takes", "2", "--seconds", "3", "--http", "0", "--out", str(user)],
+                            cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    notices: list[str] = []
+    lines: list[str] = []
+
+    def listen(url: str) -> None:
+        import urllib.request
+
+        with urllib.request.urlopen(url + "events", timeout=60) as resp:
+            kind = None
+            for raw in resp:
+                line = raw.decode("utf-8").rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "notice":
+                    notices.append(json.loads(line[6:])["text"])
+                elif not line:
+                    kind = None
+                if kind == "end":
+                    return
+
+    import re
+    import threading
+
+    listener = None
+    for line in proc.stderr:
+        lines.append(line)
+        found = re.search(r"dashboard on (http://\S+/)", line)
+        if found and listener is None:
+            listener = threading.Thread(target=listen, args=(found.group(1),), daemon=True)
+            listener.start()
+    assert proc.wait(timeout=300) == 0, "".join(lines)[-2000:]
+    stderr = "".join(lines)
+    assert "in 1 s: neutral (1/4)" in stderr and "in 1 s: angry (4/4)" in stderr
+    assert listener is not None
+    listener.join(timeout=10)
+    assert any("in 1 s: neutral (1/4)" in n for n in notices) and any("angry (4/4)" in n for n in notices), notices
     a = json.loads((user / "manifest.json").read_text())["adaptation"]
     assert a["source"] == "live session" and a["moments_per_label"] == {"neutral": 2, "angry": 2}
     assert a["heads"]["audio"]["windows"] >= 8

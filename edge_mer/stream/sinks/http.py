@@ -32,6 +32,7 @@ from edge_mer.stream.sinks import LOOPBACK, Sink, encode_event
 
 log = logging.getLogger(__name__)
 
+_ACTIVE: "list[HttpSink]" = []  # the dashboards of this process (notices reach them all)
 CLIENT_QUEUE = 256  # messages a client may lag behind before its oldest are dropped
 KEEPALIVE_S = 10.0
 _CLOSE = object()
@@ -107,6 +108,8 @@ class HttpSink(Sink):
         self._thread.start()
         if host not in LOOPBACK:
             log.warning("dashboard listens on %s:%d: emotion events are reachable from the network", host, self.port)
+        self._notice: str | None = None
+        _ACTIVE.append(self)
 
     @property
     def url(self) -> str:
@@ -132,6 +135,8 @@ class HttpSink(Sink):
         with self._lock:
             if self._latest is not None:
                 q.put(self._message(drops))
+            if self._notice is not None:
+                q.put(f"event: notice\ndata: {json.dumps({'text': self._notice})}\n\n".encode("utf-8"))
             self._clients.append(q)
         try:
             handler.wfile.write(b"retry: 1000\n\n")
@@ -183,6 +188,18 @@ class HttpSink(Sink):
                     except (queue.Empty, queue.Full):
                         pass
 
+    def notice(self, text: str) -> None:
+        """A line for the person in front of the page (``edge-mer adapt``'s prompts): an SSE
+        ``event: notice`` with ``{"text": ...}``; a page that connects later sees the latest one."""
+        message = f"event: notice\ndata: {json.dumps({'text': text})}\n\n".encode("utf-8")
+        with self._lock:
+            self._notice = text
+            for q in self._clients:
+                try:
+                    q.put_nowait(message)
+                except queue.Full:
+                    self._dropped += 1
+
     def drops(self) -> dict[str, int]:
         with self._lock:
             return {"http": self._dropped}
@@ -190,6 +207,8 @@ class HttpSink(Sink):
     def close(self, ok: bool = True) -> None:
         if self._closed.is_set():
             return
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         with self._lock:
             for q in self._clients:
                 try:
@@ -206,3 +225,10 @@ class HttpSink(Sink):
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=2.0)
+
+
+def broadcast_notice(text: str) -> int:
+    """Show ``text`` on every dashboard this process serves; returns how many."""
+    for sink in list(_ACTIVE):
+        sink.notice(text)
+    return len(_ACTIVE)
