@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -91,3 +91,81 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1], len(ref)
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def sign_test(diffs: Sequence[float]) -> dict[str, float | int]:
+    """Sign test of paired differences: wins (> 0), losses (< 0), ties (== 0, left out), and the
+    exact binomial p-values under H0 "a win is as likely as a loss": two-sided and one-sided
+    (``p_greater``: the arm is better).
+
+    >>> sign_test([1.0, 2.0, 0.5, 3.0, 1.5])["p_greater"]
+    0.03125
+    >>> sign_test([1.0, -1.0, 0.0])["ties"], sign_test([1.0, -1.0, 0.0])["p_two_sided"]
+    (1, 1.0)
+    """
+    from scipy.stats import binomtest
+
+    d = np.asarray(diffs, dtype=np.float64)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    n = wins + losses
+    if n == 0:
+        return {"wins": 0, "losses": 0, "ties": int(len(d)), "p_two_sided": 1.0, "p_greater": 1.0}
+    return {"wins": wins, "losses": losses, "ties": int(len(d) - n),
+            "p_two_sided": float(binomtest(wins, n, 0.5, alternative="two-sided").pvalue),
+            "p_greater": float(binomtest(wins, n, 0.5, alternative="greater").pvalue)}
+
+
+def wilcoxon_test(diffs: Sequence[float]) -> dict[str, float | str | None]:
+    """Wilcoxon signed-rank test of paired differences (``scipy.stats.wilcoxon``; zero
+    differences dropped, exact distribution when scipy can use it): two-sided and one-sided
+    (``p_greater``: the arm is better) p-values and the statistic. All-zero differences give
+    p = 1; no pairs at all give None.
+
+    >>> round(wilcoxon_test([1.0, 2.0, 3.0, 4.0, 5.0])["p_greater"], 5)
+    0.03125
+    """
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) == 0:
+        return {"statistic": None, "p_two_sided": None, "p_greater": None, "method": None}
+    if not np.any(d != 0):
+        return {"statistic": 0.0, "p_two_sided": 1.0, "p_greater": 1.0, "method": "all differences zero"}
+    two = wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+    one = wilcoxon(d, zero_method="wilcox", alternative="greater")
+    exact = len(d[d != 0]) <= 50 and len(d[d != 0]) == len(d) and len(set(np.abs(d).tolist())) == len(d)
+    return {"statistic": float(two.statistic), "p_two_sided": float(two.pvalue), "p_greater": float(one.pvalue),
+            "method": "exact" if exact else "normal approximation (zeros or tied |differences|)"}
+
+
+def paired_comparison(arm: Sequence[float], reference: Sequence[float], keys: Sequence[Any] | None = None,
+                      digits: int = 4) -> dict[str, Any]:
+    """Arm vs reference over matched pairs (e.g. one per fold x seed): the differences (arm -
+    reference), their mean and population std, the sign test and the Wilcoxon signed-rank test
+    (:func:`sign_test`, :func:`wilcoxon_test`). ``keys`` name the pairs (kept in the output).
+
+    >>> c = paired_comparison([50.0, 52.0, 49.0], [45.0, 50.0, 50.0])
+    >>> c["n"], c["mean_diff"], c["sign"]["wins"], c["sign"]["losses"]
+    (3, 2.0, 2, 1)
+    """
+    a = np.asarray(arm, dtype=np.float64)
+    r = np.asarray(reference, dtype=np.float64)
+    if a.shape != r.shape:
+        raise ValueError(f"paired_comparison: {len(a)} arm values but {len(r)} reference values")
+    d = a - r
+    out: dict[str, Any] = {
+        "n": int(len(d)),
+        "mean_arm": round(float(a.mean()), digits) if len(d) else float("nan"),
+        "mean_reference": round(float(r.mean()), digits) if len(d) else float("nan"),
+        "mean_diff": round(float(d.mean()), digits) if len(d) else float("nan"),
+        "std_diff": round(float(d.std()), digits) if len(d) else float("nan"),
+        "diffs": [round(float(x), digits) for x in d],
+        "sign": sign_test(d),
+        "wilcoxon": wilcoxon_test(d),
+    }
+    if keys is not None:
+        out["keys"] = [list(k) if isinstance(k, tuple) else k for k in keys]
+    return out
