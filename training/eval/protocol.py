@@ -621,8 +621,11 @@ def run_ravdess_loaded(cfg: Config, store: ClipStore, ids: list[str], labels: di
         previous = json.loads((out / "per_run.json").read_text(encoding="utf-8"))
     # Every command that added to these results (a resumed run may add conditions).
     commands: list[str] = []
+    prior_seconds = 0
     if previous and (out / "results.json").is_file():
-        commands = list(json.loads((out / "results.json").read_text(encoding="utf-8")).get("commands", []))
+        before = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        commands = list(before.get("commands", []))
+        prior_seconds = int(before.get("seconds", 0))  # the time of the invocations that made the kept records
     if command and command not in commands:
         commands.append(command)
     t0 = time.time()
@@ -638,13 +641,15 @@ def run_ravdess_loaded(cfg: Config, store: ClipStore, ids: list[str], labels: di
                   "inputs": inputs, "config": {"encoder_options": list(cfg.encoder.options), "epochs": cfg.train.epochs,
                                                "release_epochs": release_cfg.train.epochs if release_cfg else None,
                                                "release_encoder_options": list(release_cfg.encoder.options) if release_cfg else None},
-                  "seconds": round(time.time() - t0), **summary, "paired": paired}
+                  "seconds": prior_seconds + round(time.time() - t0), **summary, "paired": paired}
         write_json(out / "per_run.json", records)
         write_json(out / "results.json", result)
         title = (f"RAVDESS, folds {done} x seeds {seeds} (speaker-independent; mean ± std over folds x seeds)"
                  + ("; inputs standardised per speaker" if speaker_norm else ""))
+        footer = (f"\n{result['seconds']} s of compute in all. Made by:\n\n```bash\n"
+                  + "\n".join(f"OMP_NUM_THREADS=1 {c}" for c in commands) + "\n```\n") if commands else ""
         atomic_write_text(out / "results.md", markdown_table(summary, title) + "\n" + per_run_table(records)
-                          + "\n" + paired_table(paired))
+                          + "\n" + paired_table(paired) + footer)
 
     for k, test_actors in folds.items():
         fold = RavdessFold(k, store, ids, labels, classes, test_actors)
