@@ -130,3 +130,32 @@ def test_run_audio_file_emits_english_words(asr, bundles, capsys, tmp_path):  # 
     assert rc == 0 and events
     heard = " ".join(e["text"] for e in events if "text" in e["modalities"])
     assert word_errors("kids are talking by the door", " ".join(dict.fromkeys(heard.split())))[0] <= 1
+
+
+def test_closing_the_extractor_joins_the_speech_to_text_worker():
+    """Regression: the speech-to-text worker was a daemon thread left running inside CTranslate2
+    when a run ended; the interpreter's exit then aborted the process now and then ('terminate
+    called without an active exception', exit 134: 3 of 25 replays of a CREMA-D clip with a
+    face+landmarks+audio+text bundle). Closing the extractor now stops and joins it."""
+    import threading
+    from pathlib import Path
+
+    from edge_mer.bundle import Bundle
+    from edge_mer.config import load_config
+    from edge_mer.media import load_audio
+    from edge_mer.stream.sources import AudioChunk
+    from edge_mer.stream.stages import FeatureExtractor
+    from edge_mer.stream.stats import Stats
+
+    repo = Path(__file__).resolve().parent.parent
+    bundle = Bundle.load(repo / "models" / "default")
+    cfg = load_config((), ("text.asr=whisper",))
+    extractor = FeatureExtractor.from_bundle(bundle, cfg, None, Stats(), has_video=False, has_audio=True, realtime=False)
+    extractor.start()
+    wave = load_audio(repo / "samples" / "crema-d_1001_DFA_six_emotions.mp4", 16000)
+    for k, start in enumerate(range(0, len(wave), 1600)):
+        extractor.push_audio(AudioChunk(start / 16000, k, wave[start:start + 1600]))
+    extractor.end_audio()  # the worker still has seconds of audio to decode here
+    assert any(t.name == "edge-mer-asr" and t.is_alive() for t in threading.enumerate())
+    extractor.close()
+    assert not any(t.name == "edge-mer-asr" and t.is_alive() for t in threading.enumerate())

@@ -128,9 +128,11 @@ class FeatureExtractor:
             stage(window, out)
 
     def close(self) -> None:
-        """Stop the worker thread (idempotent)."""
+        """Stop the worker threads, the stages' too (idempotent)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        for stage in self.stages:
+            stage.close()
 
     def start(self) -> None:
         """Start the background stages (speech-to-text) before the source runs."""

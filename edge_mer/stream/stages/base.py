@@ -63,6 +63,9 @@ class Stage:
     def end_audio(self) -> None:
         """The source has no more audio (default: nothing to do)."""
 
+    def close(self) -> None:
+        """End any background work (joined, so no native call is left running at exit)."""
+
     def drops(self) -> dict[str, int]:
         return {}
 

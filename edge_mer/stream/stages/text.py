@@ -63,6 +63,7 @@ class AsrWorker:
         self._stream = None
         self._heard_until = -np.inf  # stream time up to which Vosk has been fed
         self._done = False
+        self._stopping = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="edge-mer-asr", daemon=True)
 
@@ -78,13 +79,29 @@ class AsrWorker:
         """No more audio: Vosk finalises the last utterance."""
         self.queue.put(_END_OF_AUDIO, block=self._thread.is_alive())
 
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker and wait for it: a daemon thread left inside the recogniser's native
+        code when the interpreter exits aborts the process ("terminate called without an active
+        exception"). Audio still queued is skipped."""
+        self._stopping = True
+        try:
+            self.queue.put(_END_OF_AUDIO, block=False)
+        except Exception:  # a full queue: the worker sees _stopping at its next chunk
+            pass
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
     def _run(self) -> None:
         try:
             while True:
                 chunk = self.queue.get(timeout=0.1)
                 if chunk is None:
+                    if self._stopping:
+                        return
                     continue
                 with self._cond:
+                    if self._stopping and chunk is not _END_OF_AUDIO:
+                        continue  # closing: skip the backlog
                     if chunk is _END_OF_AUDIO:
                         if self._stream is not None:
                             self._stream.finish()
@@ -205,6 +222,9 @@ class TextStage(Stage):
 
     def end_audio(self) -> None:
         self.worker.end()
+
+    def close(self) -> None:
+        self.worker.close()
 
     def drops(self) -> dict[str, int]:
         return {"asr_chunks": self.worker.queue.dropped}
