@@ -34,11 +34,10 @@ import datetime as _dt
 import json
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -50,15 +49,14 @@ from edge_mer.config import AudioCfg, Config
 from edge_mer.errors import BundleError, ConfigError, EdgeMerError
 from edge_mer.io import atomic_dir, atomic_open, atomic_write_text
 from edge_mer.modality import Modality
-from export.bundle_builder import REPO_ROOT, BundleSpec, EncoderSource, build_bundle
-from export.heads import LinearProbe, write_head
+from export.audio_bundle import MAX_UA_DROP  # one INT8 rule for every bundle
+from export.bundle_builder import BundleSpec, EncoderSource, build_bundle
+from export.heads import LinearProbe, fit_linear_head, write_head
 
 log = logging.getLogger("export.build_bundle")
 
 PROG = "python -m export.build_bundle"
 RUNTIME_STREAMS = ("audio", "face", "landmarks", "text")
-MAX_UA_DROP = 1.0  # points of window UA INT8 may lose against fp32 and still ship as the default
-ABSENT_LOGIT = -30.0
 PARITY_ITEMS = 8
 # Where a run's weights came from, when an encoder starts from a shipped network.
 WEIGHT_LICENCES = {
@@ -76,19 +74,18 @@ DETECTOR_LICENCES = {"MTCNN weights (facenet-pytorch)": "MIT", "Silero VAD (spee
 # --------------------------------------------------------------------------- encoders
 
 
-def _inputs_from_cache(run_dir: Path, cfg: Config, cache: str, stream: str, n: int) -> tuple[list[dict], list[str]]:
+def _inputs_from_cache(data, cfg: Config, stream: str, n: int) -> tuple[list[dict], list[str]]:
     """Up to ``n`` real training-crop inputs of ``stream`` from the run's cache (centred crops of
-    clips spread over the cache), as numpy batches of one; and the clip ids they came from."""
+    clips spread over the cache), as numpy batches of one; and the clip ids they came from.
+    ``data`` is the cache as the trainer reads it (:func:`training.train.load_pretrain_data`)."""
     from training.datasets import ContrastiveDataset, collate_streams
-    from training.train import crop_spec, load_pretrain_data
+    from training.train import crop_spec
 
-    run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, modalities=(stream,)))
-    data = load_pretrain_data(run_cfg, cache, None, None, None)
     have = [i for i in data.ids if stream in data.store.streams_of(i)]
     if not have:
-        raise ConfigError(f"{cache}: no clip has the {stream} stream the run's {stream} encoder reads")
+        raise ConfigError(f"{data.description.get('cache')}: no clip has the {stream} stream the run's {stream} encoder reads")
     pick = [have[k] for k in sorted(set(np.linspace(0, len(have) - 1, min(n, len(have))).round().astype(int)))]
-    ds = ContrastiveDataset(data.store, pick, (stream,), crop_spec(run_cfg), seed=0, fixed=True)
+    ds = ContrastiveDataset(data.store, pick, (stream,), crop_spec(cfg), seed=0, fixed=True)
     items = []
     for k in range(len(pick)):
         batch = collate_streams([ds[k]])["inputs"][stream]
@@ -103,16 +100,20 @@ def encoder_sources(run_dir: Path, cfg: Config, cache: str, int8: bool = True) -
 
     from training.checkpoint import load_encoders
     from training.encoders.base import encoder_cfg_dict
-    from training.train import encoder_key, read_input_prior
+    from training.train import encoder_key, load_pretrain_data, read_input_prior
 
     encoders = load_encoders(run_dir)
     report: dict[str, Any] = {"left_out": {k: "no runtime stage reads this stream (not a bundle modality)"
                                            for k in encoders if k not in RUNTIME_STREAMS}}
+    streams = tuple(s for s in RUNTIME_STREAMS if encoder_key(s) in encoders)
+    # The cache read once, as the trainer read it (Whisper log-mels, per-speaker inputs).
+    data = load_pretrain_data(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, modalities=streams)),
+                              cache, None, None, None) if streams else None
     sources = []
-    for stream in [s for s in RUNTIME_STREAMS if encoder_key(s) in encoders]:
+    for stream in streams:
         module = encoders[stream].eval()
         name = getattr(module, "name", stream)
-        items, picked = _inputs_from_cache(run_dir, cfg, cache, stream, max(PARITY_ITEMS, cfg.export.calibration_clips if int8 else 0))
+        items, picked = _inputs_from_cache(data, cfg, stream, max(PARITY_ITEMS, cfg.export.calibration_clips if int8 else 0))
         parity = {k: torch.from_numpy(np.concatenate([it[k] for it in items[:PARITY_ITEMS]])) for k in items[0]}
         whisper = name == "whisper_tiny"
         if stream == "audio":
@@ -181,19 +182,15 @@ def labelled_media(labels_file: str | Path) -> list[LabelledMedia]:
 
 def runtime_windows(bundle_dir: Path, media: LabelledMedia, precision: str, asr: str | None = None) -> list[dict[str, np.ndarray]]:
     """Per window of ``media``: ``{modality: feature}`` as ``edge-mer run --fast --emit-features``
-    computes them on ``bundle_dir`` at ``precision`` (a fresh process: the runtime itself)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "events.jsonl"
-        cmd = [sys.executable, "-m", "edge_mer", "run", "--bundle", str(bundle_dir), "--video" if media.has_video else "--audio",
-               str(media.path), "--fast", "--emit-features", "--out", str(out),
-               "--set", "runtime.threads=1", "--set", f"runtime.precision={precision}"]
-        if asr is not None:  # a text encoder reads the words the runtime's speech-to-text hears
-            cmd += ["--set", f"text.asr={asr}"]
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise BundleError(f"edge-mer run on {media.path} failed: {' '.join(proc.stderr.strip().splitlines()[-1:])}")
-        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{m: np.asarray(f, np.float64).reshape(-1) for m, f in e.get("features", {}).items()} for e in rows]
+    computes them on ``bundle_dir`` at ``precision`` (the runtime's own replay,
+    :func:`edge_mer.adapt.replay_events`)."""
+    from edge_mer.adapt import replay_events
+
+    overrides = ["runtime.threads=1", f"runtime.precision={precision}"]
+    if asr is not None:  # a text encoder reads the words the runtime's speech-to-text hears
+        overrides.append(f"text.asr={asr}")
+    events = replay_events(bundle_dir, media.path, overrides, has_video=media.has_video)
+    return [{m: np.asarray(f, np.float64).reshape(-1) for m, f in e.get("features", {}).items()} for e in events]
 
 
 @dataclasses.dataclass
@@ -221,14 +218,6 @@ def collect_windows(bundle_dir: Path, media: Sequence[LabelledMedia], modalities
 # --------------------------------------------------------------------------- heads
 
 
-def fit_linear_head(x: np.ndarray, y: np.ndarray, labels: Sequence[str], c: float) -> LinearProbe:
-    """Standardise + class-balanced logistic regression, as a head over all ``labels`` (those
-    without an example get :data:`ABSENT_LOGIT`)."""
-    from export.face_branch import fit_face_head
-
-    return fit_face_head(x, y, labels, c)  # not face-specific: any modality's window features
-
-
 def held_out_ua(x: np.ndarray, y: np.ndarray, speaker: np.ndarray, labels: Sequence[str], c: float) -> tuple[float, str]:
     """Window UA of heads fitted without the scored speaker (leave-one-speaker-out), or on the
     training windows themselves when there is one speaker (said in the second value)."""
@@ -251,22 +240,38 @@ def held_out_ua(x: np.ndarray, y: np.ndarray, speaker: np.ndarray, labels: Seque
     return float(unweighted_accuracy(truth, pred)), "leave-one-speaker-out"
 
 
-def modality_heads(ws: ModalityWindows, labels: Sequence[str], cfg: Config, c: float):
-    """(per-user head, population head, prior, info) of one modality, on the runtime's own
-    normalisation of its windows (:func:`export.audio_bundle.head_inputs`)."""
-    from export.audio_bundle import WindowSet, head_inputs
+@dataclasses.dataclass
+class HeadInputs:
+    """One modality's windows at one precision, as its heads read them, and their held-out UA."""
+
+    ws: ModalityWindows
+    prior: tuple[np.ndarray, np.ndarray]  # the speakers' statistics: the per-user normalisation's start
+    user: np.ndarray  # features after the runtime's per-user running normalisation
+    population: np.ndarray  # features standardised by the prior alone
+    ua: float
+    ua_on: str
+
+
+def head_inputs(ws: ModalityWindows, labels: Sequence[str], cfg: Config, c: float) -> HeadInputs:
+    """The runtime's own normalisation of a modality's windows (:func:`export.audio_bundle.head_inputs`)
+    and the held-out window UA of a per-user head on them."""
+    from export.audio_bundle import WindowSet
+    from export.audio_bundle import head_inputs as runtime_head_inputs
     from training.eval.probe import speaker_prior
 
-    if len(set(ws.y)) < 2:
-        raise BundleError(f"its windows show only the label {sorted(set(ws.y))}: a head needs at least two labels")
     prior = speaker_prior(ws.x, ws.speaker)
-    user, pop = head_inputs(WindowSet(ws.x, ws.y, ws.speaker), prior, cfg.runtime)
-    user_head = fit_linear_head(user, ws.y, labels, c)
-    pop_head = fit_linear_head(pop, ws.y, labels, c)
+    user, pop = runtime_head_inputs(WindowSet(ws.x, ws.y, ws.speaker), prior, cfg.runtime)
     ua, how = held_out_ua(user, ws.y, ws.speaker, labels, c)
-    counts = {k: int(v) for k, v in zip(*np.unique(ws.y, return_counts=True))}
-    return user_head, pop_head, prior, {"windows": int(len(ws.y)), "windows_per_label": counts,
-                                        "window_ua": round(ua, 2), "window_ua_on": how, "C": c}
+    return HeadInputs(ws, prior, user, pop, ua, how)
+
+
+def modality_heads(h: HeadInputs, labels: Sequence[str], c: float):
+    """(per-user head, population head, info) of one modality."""
+    user_head = fit_linear_head(h.user, h.ws.y, labels, c)
+    pop_head = fit_linear_head(h.population, h.ws.y, labels, c)
+    counts = {k: int(v) for k, v in zip(*np.unique(h.ws.y, return_counts=True))}
+    return user_head, pop_head, {"windows": int(len(h.ws.y)), "windows_per_label": counts,
+                                 "window_ua": round(h.ua, 2), "window_ua_on": h.ua_on, "C": c}
 
 
 def write_modality_heads(stage: Bundle, modality: str, user_head: LinearProbe, pop_head: LinearProbe, prior) -> None:
@@ -409,26 +414,20 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
         report["heads"], report["precision"] = {}, {}
         with one_blas_thread():
             for m in modalities:
-                ua = {}
-                for p in precisions[m]:
-                    ws = windows[p].get(m)
-                    if ws is not None and len(set(ws.y)) >= 2:
-                        from export.audio_bundle import WindowSet, head_inputs
-                        from training.eval.probe import speaker_prior
-
-                        user, _ = head_inputs(WindowSet(ws.x, ws.y, ws.speaker), speaker_prior(ws.x, ws.speaker), cfg.runtime)
-                        ua[p] = round(held_out_ua(user, ws.y, ws.speaker, labels, c)[0], 2)
+                prepared = {p: head_inputs(windows[p][m], labels, cfg, c) for p in precisions[m]
+                            if m in windows[p] and len(set(windows[p][m].y)) >= 2}
+                ua = {p: round(h.ua, 2) for p, h in prepared.items()}
                 shipped = "int8" if "int8" in ua and "fp32" in ua and ua["fp32"] - ua["int8"] <= MAX_UA_DROP else "fp32"
                 report["precision"][m] = {**ua, "shipped": shipped}
-                ws = windows[shipped].get(m)
-                if ws is None or len(set(ws.y)) < 2:
+                if shipped not in prepared:
+                    ws = windows[shipped].get(m)
                     why = "no labelled window had this modality" if ws is None else f"only the label {sorted(set(ws.y))} in its windows"
                     report["heads"][m] = {"skipped": why}
                     raise BundleError(f"{labels_file}: cannot fit the {m} head: {why} "
                                       f"(label recordings that show it, or retrain without {m})")
-                user_head, pop_head, prior, info = modality_heads(ws, labels, cfg, c)
+                user_head, pop_head, info = modality_heads(prepared[shipped], labels, c)
                 report["heads"][m] = info
-                write_modality_heads(stage, m, user_head, pop_head, prior)
+                write_modality_heads(stage, m, user_head, pop_head, prepared[shipped].prior)
                 stage.manifest["encoders"][m]["default_precision"] = shipped
         report["licences"] = licences(report)
         manifest = stage.manifest

@@ -47,7 +47,7 @@ from edge_mer.config import Config
 from edge_mer.errors import BundleError
 from edge_mer.io import atomic_dir
 from edge_mer.modality import Modality
-from export.heads import LinearProbe, remap_classes
+from export.heads import LinearProbe, fit_linear_head, remap_classes
 
 log = logging.getLogger(__name__)
 
@@ -232,52 +232,13 @@ def read_labelled_videos(path: str | os.PathLike) -> list[tuple[Path, str]]:
 
 def runtime_face_features(bundle_dir: str | os.PathLike, video: str | os.PathLike) -> np.ndarray:
     """``[windows with a face, D]``: the face feature of each window of ``video`` as ``edge-mer
-    run --video --fast --emit-features`` computes it with ``bundle_dir`` (a fresh process)."""
-    import subprocess
-    import sys
+    run --video --fast --emit-features`` computes it with ``bundle_dir`` (the runtime's own replay,
+    :func:`edge_mer.adapt.replay_events`)."""
+    from edge_mer.adapt import replay_events
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "events.jsonl"
-        cmd = [sys.executable, "-m", "edge_mer", "run", "--bundle", str(bundle_dir), "--video", str(video), "--fast",
-               "--emit-features", "--out", str(out), "--set", "runtime.threads=1"]
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise BundleError(f"edge-mer run on {video} failed: {' '.join(proc.stderr.strip().splitlines()[-1:])}")
-        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    feats = [e["features"]["face"] for e in rows if "face" in e.get("features", {})]
+    events = replay_events(bundle_dir, Path(video), ["runtime.threads=1"], has_video=True)
+    feats = [e["features"]["face"] for e in events if "face" in e.get("features", {})]
     return np.asarray(feats, np.float32).reshape(len(feats), -1)
-
-
-ABSENT_LOGIT = -30.0  # a label no labelled video shows: the fitted face head never gives it
-
-
-def fit_face_head(x: np.ndarray, y: Sequence[str], labels: Sequence[str], c: float = 1.0) -> LinearProbe:
-    """Standardise + class-balanced logistic regression of the windows' face features ``x`` on
-    their clips' labels ``y``, as a head over all of the bundle's ``labels`` (the ones without
-    an example get a fixed logit of :data:`ABSENT_LOGIT`)."""
-    from sklearn.linear_model import LogisticRegression
-
-    y = np.asarray(y)
-    unknown = sorted(set(y) - set(labels))
-    if unknown:
-        raise BundleError(f"labels {unknown} are not among the bundle's {list(labels)}")
-    classes = sorted(set(y))
-    if len(classes) < 2:
-        raise BundleError(f"fitting a face head needs at least two labels, got {classes}")
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-6, scale, 1.0)
-    clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit((x - mean) / scale, y)
-    coef, bias = clf.coef_, clf.intercept_
-    if len(clf.classes_) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) = sigmoid(z)
-        coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
-    fitted = [str(k) for k in clf.classes_]
-    weight = np.zeros((x.shape[1], len(labels)), np.float32)
-    b = np.full(len(labels), ABSENT_LOGIT, np.float32)
-    for j, label in enumerate(fitted):
-        k = list(labels).index(label)
-        weight[:, k], b[k] = coef[j], bias[j]
-    return LinearProbe(mean.astype(np.float32), scale.astype(np.float32), weight, b, tuple(labels))
 
 
 def build_pretrained_face_bundle(run_dir: str | os.PathLike, bundle_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -312,7 +273,7 @@ def build_pretrained_face_bundle(run_dir: str | os.PathLike, bundle_dir: str | o
             per_label[label] = per_label.get(label, 0) + 1
     if not xs:
         raise BundleError(f"{labels_csv}: no labelled video gave a face window")
-    head = fit_face_head(np.concatenate(xs), ys, labels, c=c)
+    head = fit_linear_head(np.concatenate(xs), ys, labels, c=c)
     prov.update(head=f"logistic regression (C={c}, class-balanced) on the runtime's face features of labelled videos",
                 labels_file=str(labels_csv), labelled_videos=per_label, labelled_windows=len(ys))
     add_face_branch(bundle_dir, src, {"face": head}, out_dir=out_dir, provenance=prov)

@@ -135,3 +135,35 @@ def write_head(probe: LinearProbe, path: str | os.PathLike, name: str = "head") 
     path = Path(path)
     finalize_model(build_head_model(probe, name), path)
     return path
+
+
+ABSENT_LOGIT = -30.0  # a label no labelled example shows: a fitted head never gives it
+
+
+def fit_linear_head(x: np.ndarray, y: Sequence[str], labels: Sequence[str], c: float = 1.0) -> LinearProbe:
+    """Standardise + class-balanced logistic regression of window features ``x`` on their
+    recordings' labels ``y``, as a head over all of the bundle's ``labels`` (the ones without an
+    example get a fixed logit of :data:`ABSENT_LOGIT`: that modality leaves them to the others)."""
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y)
+    unknown = sorted(set(y) - set(labels))
+    if unknown:
+        raise BundleError(f"labels {unknown} are not among the bundle's {list(labels)}")
+    classes = sorted(set(y))
+    if len(classes) < 2:
+        raise BundleError(f"fitting a head needs at least two labels, got {classes}")
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    clf = LogisticRegression(C=c, max_iter=3000, class_weight="balanced").fit((x - mean) / scale, y)
+    coef, bias = clf.coef_, clf.intercept_
+    if len(clf.classes_) == 2:  # sklearn's binary form: one logit z; softmax([-z/2, z/2]) = sigmoid(z)
+        coef, bias = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    fitted = [str(k) for k in clf.classes_]
+    weight = np.zeros((x.shape[1], len(labels)), np.float32)
+    b = np.full(len(labels), ABSENT_LOGIT, np.float32)
+    for j, label in enumerate(fitted):
+        k = list(labels).index(label)
+        weight[:, k], b[k] = coef[j], bias[j]
+    return LinearProbe(mean.astype(np.float32), scale.astype(np.float32), weight, b, tuple(labels))

@@ -68,7 +68,7 @@ def test_trainable_from_and_frozen_bn():
 
 def test_fitted_head_covers_every_label():
     pytest.importorskip("sklearn")
-    from export.face_branch import ABSENT_LOGIT, fit_face_head
+    from export.heads import ABSENT_LOGIT, fit_linear_head as fit_face_head
 
     labels = ["neutral", "calm", "happy", "sad"]
     rng = np.random.default_rng(0)
