@@ -131,8 +131,9 @@ def _fit_dual(K: np.ndarray, logp: np.ndarray, y: np.ndarray, lam: float, steps:
     return A, b
 
 
-def _fit(zs: np.ndarray, logp: np.ndarray, y: np.ndarray, lam: float, steps: int = STEPS) -> tuple[np.ndarray, np.ndarray]:
-    A, b = _fit_dual(zs @ zs.T, logp, y, lam, steps)
+def _fit(zs: np.ndarray, K: np.ndarray, logp: np.ndarray, y: np.ndarray, lam: float, steps: int = STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) on all windows; ``K = zs zs^T``."""
+    A, b = _fit_dual(K, logp, y, lam, steps)
     return zs.T @ A, b
 
 
@@ -144,10 +145,10 @@ def _folds(groups: np.ndarray, y: np.ndarray, k: int = 5) -> list[np.ndarray]:
     return [np.isin(groups, s) for s in sets]
 
 
-def _heldout_logloss(zs, logp, y, groups, lam: float | None) -> float:
-    """Mean over held-out moment sets of their windows' log-loss (``lam`` None: the head alone)."""
+def _heldout_logloss(K, logp, y, groups, lam: float | None) -> float:
+    """Mean over held-out moment sets of their windows' log-loss (``lam`` None: the head alone);
+    ``K`` is the windows' Gram matrix."""
     losses = []
-    K = zs @ zs.T
     for te in _folds(groups, y):
         if lam is None:
             p = _softmax(logp[te])
@@ -178,18 +179,19 @@ def fit_residual(z: np.ndarray, logp: np.ndarray, y: np.ndarray, groups: np.ndar
             info.update(lam=None, chosen="the head itself (fewer than 3 moments or 2 labels)")
             return zero, info
         lam = float(max(lambdas))
-        W, b = _fit(zs, logp, y, lam)
+        W, b = _fit(zs, zs @ zs.T, logp, y, lam)
         info.update(lam=lam, chosen=f"lambda {lam:g} (too few moments to choose)")
         return Residual(W, b, mean, scale), info
-    scores = {"head": _heldout_logloss(zs, logp, y, groups, None)} if allow_head else {}
+    K = zs @ zs.T  # one Gram matrix serves every held-out fit and the final one
+    scores = {"head": _heldout_logloss(K, logp, y, groups, None)} if allow_head else {}
     for lam in lambdas:
-        scores[str(lam)] = _heldout_logloss(zs, logp, y, groups, lam)
+        scores[str(lam)] = _heldout_logloss(K, logp, y, groups, lam)
     best = min(scores, key=scores.get)
     info["heldout_logloss"] = {k: round(v, 4) for k, v in scores.items()}
     if best == "head":
         info.update(lam=None, chosen="the head itself (no lambda beat it on held-out moments)")
         return zero, info
-    W, b = _fit(zs, logp, y, float(best))
+    W, b = _fit(zs, K, logp, y, float(best))
     info.update(lam=float(best), chosen=f"lambda {best}")
     return Residual(W, b, mean, scale), info
 

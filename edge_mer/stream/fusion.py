@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edge_mer.adapt import apply_residual, load_residuals
 from edge_mer.bundle import subset_key
 from edge_mer.config import RuntimeCfg
 from edge_mer.modality import Modality
@@ -81,8 +82,6 @@ class Fusion:
         self.weights = {Modality(m): float(w) for m, w in weights.items()}
         # A user bundle (edge-mer adapt): per head, a residual on the head's log-probabilities
         # read from the head's own input (edge_mer.adapt.apply_residual).
-        from edge_mer.adapt import load_residuals
-
         self.residuals = load_residuals(bundle)
         self.last_inputs: dict[str, np.ndarray] = {}  # per head: the input it read last (standardised features)
 
@@ -141,8 +140,6 @@ class Fusion:
         residual = self.residuals.get(key)
         if residual is None:
             return probs
-        from edge_mer.adapt import apply_residual
-
         return apply_residual(probs, self.last_inputs[key], residual)
 
     def user_weight(self, norm: RunningNorm) -> float:

@@ -467,7 +467,7 @@ def aligned_log_proba(probe: LinearProbe, x: np.ndarray, classes: list[str], flo
 
 def fused_proba(parts: list[np.ndarray]) -> np.ndarray:
     """The runtime's fusion of per-modality heads: normalised geometric mean of the modalities present."""
-    return _softmax(np.atleast_2d(np.mean(parts, axis=0)))[0] if np.ndim(parts[0]) == 1 else _softmax(np.mean(parts, axis=0))
+    return _softmax(np.mean(parts, axis=0)[None])[0]  # parts: one clip's log-probabilities per modality
 
 
 def probe_any(feats: dict[str, dict[str, np.ndarray]], labels: dict[str, str], speaker_of: dict[str, str],
