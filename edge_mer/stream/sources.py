@@ -187,7 +187,7 @@ class FileSource(Source):
 
     def __init__(self, path: str | os.PathLike, sample_rate_hz: int, realtime: bool = True,
                  use_video: bool = True, use_audio: bool = True, chunk_s: float = 0.1) -> None:
-        from edge_mer.media import file_path, input_label, is_stream, open_media, probe
+        from edge_mer.media import input_label, is_stream, open_media, probe
 
         super().__init__()
         self.path = Path(path)

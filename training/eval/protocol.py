@@ -226,6 +226,20 @@ class RavdessFold:
                 for part in (self.train_ids, self.test_ids)]
         return both[0], both[1]
 
+    def probe_pair(self, name: str, encoders: dict[str, nn.Module], stream: str,
+                   au_name: str | None = None) -> tuple[np.ndarray, ...]:
+        """Probes of a pairwise ``stream`` <-> AU run: ``name`` on the stream's features, the AU
+        encoder's alone as ``au_name`` when given, and ``name+au`` on both (the stream's and the
+        pair's also per speaker); returns the four feature blocks (stream train/test, AU
+        train/test) for further probes."""
+        s_tr, s_te = self.feats(encoders, (stream,))
+        u_tr, u_te = self.feats(encoders, ("au",))
+        self.probe_spk(name, s_tr, s_te)
+        if au_name is not None:
+            self.probe(au_name, u_tr, u_te)
+        self.probe_spk(f"{name}+au", np.hstack([s_tr, u_tr]), np.hstack([s_te, u_te]))
+        return s_tr, s_te, u_tr, u_te
+
 
 # The protocol's conditions, selectable with --conditions (``all``: every one but ``release``,
 # which needs --release-config). ``floors`` do not depend on the seed: run once per fold.
@@ -329,21 +343,13 @@ def run_fold_seed(fold: RavdessFold, cfg: Config, runs: Path, seed: int, conditi
         random_mlp["stats"].set_input_stats(stats_tr)
         random_mlp["stats"].eval()
         fold.probe_spk("a_random_stats_mlp", *fold.feats(random_mlp, ("stats",)))
-        enc_s = pretrain_checked(cfg_s, data, fold_dir / "c_pair_stats")
-        s_tr, s_te = fold.feats(enc_s, ("stats",))
-        su_tr, su_te = fold.feats(enc_s, ("au",))
-        fold.probe_spk("c_pair_stats_mlp", s_tr, s_te)
-        fold.probe_spk("c_pair_stats_mlp+au", np.hstack([s_tr, su_tr]), np.hstack([s_te, su_te]))
+        fold.probe_pair("c_pair_stats_mlp", pretrain_checked(cfg_s, data, fold_dir / "c_pair_stats"), "stats")
 
     if "c_pair" in conditions:
         # (c) label-free pairwise audio <-> action units.
         cfg_c = with_loss(with_train(cfg, modalities=("audio", "au")), pairs=("audio-au",))
-        enc_c = pretrain_checked(cfg_c, data, fold_dir / "c_pair")
-        a_tr, a_te = fold.feats(enc_c, ("audio",))
-        u_tr, u_te = fold.feats(enc_c, ("au",))
-        fold.probe_spk("c_pair_audio", a_tr, a_te)
-        fold.probe("c_pair_au", u_tr, u_te)
-        fold.probe_spk("c_pair_audio+au", np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]))
+        a_tr, a_te, u_tr, u_te = fold.probe_pair("c_pair_audio", pretrain_checked(cfg_c, data, fold_dir / "c_pair"), "audio",
+                                                 au_name="c_pair_au")
         if "few_shot" in conditions:
             fold.probe("c_pair_audio+au_mlp", np.hstack([a_tr, u_tr]), np.hstack([a_te, u_te]), kind="mlp")
             fold.probe("c_pair_audio_mlp", a_tr, a_te, kind="mlp")
@@ -365,11 +371,7 @@ def run_fold_seed(fold: RavdessFold, cfg: Config, runs: Path, seed: int, conditi
         cfg_r = with_loss(with_train(release_cfg, seed=seed, modalities=("audio", "au"), device="cpu", log_every=0),
                           pairs=("audio-au",))
         fold.probe_spk("a_random_release_audio", *fold.feats(random_encoders(cfg_r, ("audio",)), ("audio",)))
-        enc_r = pretrain_checked(cfg_r, data, fold_dir / "c_pair_release")
-        r_tr, r_te = fold.feats(enc_r, ("audio",))
-        ru_tr, ru_te = fold.feats(enc_r, ("au",))
-        fold.probe_spk("c_pair_release_audio", r_tr, r_te)
-        fold.probe_spk("c_pair_release_audio+au", np.hstack([r_tr, ru_tr]), np.hstack([r_te, ru_te]))
+        fold.probe_pair("c_pair_release_audio", pretrain_checked(cfg_r, data, fold_dir / "c_pair_release"), "audio")
 
     if "d_sup" in conditions:
         # (d) the same encoders trained with labels: the upper bound.

@@ -154,6 +154,11 @@ def _open_locked(path: Path) -> IO[str] | None:
         os.close(fd)
 
 
+def listen_url(scheme: str, host: str, port: int, path: str = "") -> str:
+    """``scheme://HOST:PORT/path`` of a listening sink (an IPv6 host in brackets)."""
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}{path}"
+
+
 def parse_ws_address(text: str, default_host: str, flag: str = "--ws", example: int = 8765) -> tuple[str, int]:
     """``"8765"`` -> (default_host, 8765); ``"0.0.0.0:8765"`` -> ("0.0.0.0", 8765); ``"[::1]:8765"``
     -> ("::1", 8765). Also parses ``--http``'s address (``flag``, ``example`` name it in the error)."""
@@ -226,8 +231,7 @@ class WebSocketSink(Sink):
     @property
     def url(self) -> str:
         """``ws://HOST:PORT`` with the port actually bound (``--ws 0``: one the system chose)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return listen_url("ws", self.host, self.port)
 
     @property
     def clients(self) -> int:

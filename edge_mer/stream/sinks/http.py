@@ -28,7 +28,7 @@ from importlib import resources
 from typing import Callable
 
 from edge_mer.errors import DeviceError, EdgeMerError
-from edge_mer.stream.sinks import LOOPBACK, Sink, encode_event
+from edge_mer.stream.sinks import LOOPBACK, Sink, encode_event, listen_url
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,7 @@ class HttpSink(Sink):
     @property
     def url(self) -> str:
         """``http://HOST:PORT/`` with the port actually bound (``--http 0``: one the system chose)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return listen_url("http", self.host, self.port, "/")
 
     @property
     def clients(self) -> int:
