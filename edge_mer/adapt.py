@@ -65,11 +65,33 @@ STEPS = 300  # gradient steps of a fit
 
 
 @dataclass
+class UserStats:
+    """A person's statistics of a head's raw input (before the per-user normalisation), from the
+    adaptation session: the runtime's per-user normalisation starts from them instead of the
+    population's (:meth:`edge_mer.stream.usernorm.RunningNorm.start_from`)."""
+
+    mean: np.ndarray  # [D]
+    std: np.ndarray  # [D]
+    windows: int  # how many windows they rest on
+
+
+def user_stats(rows: Sequence[np.ndarray], memory_windows: int) -> UserStats | None:
+    """Mean and std of a head's raw input over a session's windows (``None`` for fewer than two);
+    the count is capped at the runtime's memory of a person."""
+    if len(rows) < 2:
+        return None
+    x = np.stack([np.asarray(r, np.float64).reshape(-1) for r in rows])
+    std = np.sqrt(x.var(axis=0) + 1e-6)
+    return UserStats(x.mean(axis=0), std, int(min(len(x), max(1, memory_windows))))
+
+
+@dataclass
 class Residual:
     weight: np.ndarray  # [D, C]
     bias: np.ndarray  # [C]
     mean: np.ndarray  # [D]
     scale: np.ndarray  # [D]
+    user: UserStats | None = None  # the person's input statistics (heads with per-user normalisation)
 
     def logits(self, z: np.ndarray) -> np.ndarray:
         return ((np.asarray(z, np.float64) - self.mean) / self.scale) @ self.weight + self.bias
@@ -98,12 +120,19 @@ def load_residuals(bundle: "Bundle") -> dict[str, Residual]:
         try:
             with np.load(path, allow_pickle=False) as z:
                 r = Residual(*(z[k].astype(np.float64) for k in ("weight", "bias", "mean", "scale")))
+                if "user_mean" in z.files:
+                    r.user = UserStats(z["user_mean"].astype(np.float64), z["user_std"].astype(np.float64),
+                                       int(z["user_windows"]))
         except (OSError, KeyError, ValueError) as exc:
             raise BundleError(f"bundle {bundle.user_root}: {entry['file']}: not an adaptation file ({exc})") from None
         dim = sum(int(bundle.encoder(m)["feature_dim"]) for m in bundle.manifest["heads"][key].get("modalities", key.split("+")))
         if r.weight.shape != (dim, len(labels)) or r.bias.shape != (len(labels),) or r.mean.shape != (dim,) or r.scale.shape != (dim,):
             raise BundleError(f"bundle {bundle.user_root}: {entry['file']}: shapes {r.weight.shape} do not fit head {key} "
                               f"({dim} features, {len(labels)} labels)")
+        if r.user is not None and (r.user.mean.shape != (dim,) or r.user.std.shape != (dim,) or r.user.windows < 1
+                                   or not np.all(r.user.std > 0)):
+            raise BundleError(f"bundle {bundle.user_root}: {entry['file']}: the person's statistics do not fit head {key} "
+                              f"({dim} features)")
         out[key] = r
     return out
 
@@ -302,15 +331,21 @@ class HeadWindows:
     probs: list[np.ndarray] = field(default_factory=list)
     t: list[tuple[float, float]] = field(default_factory=list)
     event: list[int] = field(default_factory=list)
+    x: list[np.ndarray] = field(default_factory=list)  # the raw features the head read (before any normalisation)
+    per_user: bool = False  # the head standardises by the person's running statistics
 
 
-def head_windows(bundle: "Bundle", events: Sequence[dict], runtime_cfg) -> dict[str, HeadWindows]:
+def head_windows(bundle: "Bundle", events: Sequence[dict], runtime_cfg,
+                 start: dict[str, UserStats] | None = None) -> dict[str, HeadWindows]:
     """Each per-modality head's input and output per window, recomputed by the runtime's fusion
-    from the events' features in stream order (so the per-user statistics evolve as at run time)."""
+    from the events' features in stream order (so the per-user statistics evolve as at run time);
+    ``start``: the per-user statistics start from these (a known person) instead of the population's."""
     from edge_mer.modality import Modality
     from edge_mer.stream.fusion import Fusion
 
     fusion = Fusion.from_bundle(bundle, runtime_cfg)
+    if start:
+        fusion.start_from(start)
     out: dict[str, HeadWindows] = {}
     for k, e in enumerate(events):
         feats = {Modality(m): np.asarray(f, np.float32) for m, f in (e.get("features") or {}).items()}
@@ -320,7 +355,8 @@ def head_windows(bundle: "Bundle", events: Sequence[dict], runtime_cfg) -> dict[
         pred = fusion.predict(feats, rel)
         for key, p in pred.per_modality.items():
             if key in fusion.last_inputs and "+" not in key:
-                hw = out.setdefault(key, HeadWindows())
+                hw = out.setdefault(key, HeadWindows(per_user=key in fusion.user_windows()))
+                hw.x.append(np.asarray(feats[Modality(key)], np.float64).reshape(-1))
                 hw.z.append(fusion.last_inputs[key].astype(np.float64))
                 hw.probs.append(np.asarray(p, np.float64))
                 hw.t.append((float(e["t_start"]), float(e["t_end"])))
@@ -340,12 +376,28 @@ def moment_of(t0: float, t1: float, moments: Sequence[Moment]) -> Moment | None:
 # --------------------------------------------------------------------------- adapt
 
 
+def session_stats(base: "Bundle", sessions: Sequence[Sequence[dict]], runtime_cfg,
+                  moments: Sequence[Moment] | None = None) -> dict[str, UserStats]:
+    """Per head with per-user normalisation: the person's statistics of its raw input over the
+    windows of ``sessions`` (each a replay's events), or only over the windows inside ``moments``."""
+    rows: dict[str, list[np.ndarray]] = {}
+    for events in sessions:
+        for key, hw in head_windows(base, events, runtime_cfg).items():
+            if hw.per_user:
+                rows.setdefault(key, []).extend(x for x, (t0, t1) in zip(hw.x, hw.t)
+                                                if moments is None or moment_of(t0, t1, moments) is not None)
+    out = {key: user_stats(r, runtime_cfg.user_norm_memory_windows - runtime_cfg.user_norm_prior_windows)
+           for key, r in rows.items()}
+    return {key: st for key, st in out.items() if st is not None}
+
+
 def collect_labelled(base: "Bundle", events: Sequence[dict], moments: Sequence[Moment], runtime_cfg,
-                     per_head: dict[str, dict[str, list]], media_key: str) -> None:
+                     per_head: dict[str, dict[str, list]], media_key: str, start: dict[str, UserStats] | None = None) -> None:
     """Add one recording's windows to ``per_head``: every window a head read (``session``) and,
-    for the windows inside a moment, the head input, log-probabilities, label index and moment id."""
+    for the windows inside a moment, the head input, log-probabilities, label index and moment id;
+    ``start``: the person's statistics the per-user normalisation starts from (see :func:`head_windows`)."""
     labels = base.labels
-    for key, hw in head_windows(base, events, runtime_cfg).items():
+    for key, hw in head_windows(base, events, runtime_cfg, start).items():
         acc = per_head.setdefault(key, {"z": [], "logp": [], "y": [], "g": [], "session": []})
         for z, p, (t0, t1) in zip(hw.z, hw.probs, hw.t):
             acc["session"].append(z)
@@ -390,9 +442,13 @@ def adapt(base_dir: str | os.PathLike, moments: Sequence[Moment], out_dir: str |
         raise ConfigError(f"adaptation needs moments of at least two labels (got only {', '.join(per_label) or 'none'}): "
                           "label a moment of another emotion too")
     per_head: dict[str, dict[str, list]] = {}
-    for media in sorted({m.path for m in moments}):
-        events = (events_by_media or {}).get(media) or replay_events(base.root, media, overrides)
-        collect_labelled(base, events, [m for m in moments if m.path == media], cfg.runtime, per_head, str(media))
+    replays = {media: (events_by_media or {}).get(media) or replay_events(base.root, media, overrides)
+               for media in sorted({m.path for m in moments})}
+    # The person's own statistics over the whole session (label-free): the user bundle's per-user
+    # normalisation starts from them, and the residual is fitted on what the heads then read.
+    stats = session_stats(base, list(replays.values()), cfg.runtime)
+    for media, events in replays.items():
+        collect_labelled(base, events, [m for m in moments if m.path == media], cfg.runtime, per_head, str(media), stats)
     used = {g for acc in per_head.values() for g in acc["g"]}
     empty = [m for m in moments if f"{m.path}:{m.index}" not in used]
     if empty:
@@ -408,10 +464,14 @@ def adapt(base_dir: str | os.PathLike, moments: Sequence[Moment], out_dir: str |
         for key, r in heads.items():
             rel = f"adapt/{key}.npz"
             (tmp / "adapt").mkdir(exist_ok=True)
+            st = stats.get(key)
+            user = {} if st is None else {"user_mean": st.mean.astype(np.float32), "user_std": st.std.astype(np.float32),
+                                          "user_windows": np.int64(st.windows)}
             with atomic_open(tmp / rel, "wb") as fh:
                 np.savez(fh, weight=r.weight.astype(np.float32), bias=r.bias.astype(np.float32),
-                         mean=r.mean.astype(np.float32), scale=r.scale.astype(np.float32))
-            entries[key] = file_entry(tmp, rel, type="log_prob_residual", **{k: v for k, v in infos[key].items()})
+                         mean=r.mean.astype(np.float32), scale=r.scale.astype(np.float32), **user)
+            info = {**infos[key], **({"user_statistics_windows": st.windows} if st is not None else {})}
+            entries[key] = file_entry(tmp, rel, type="log_prob_residual", **info)
         base_path = os.path.relpath(base.root.resolve(), out_dir.resolve().parent / out_dir.name)
         adaptation = {"labels": labels, "heads": entries, "moments": len(moments), "moments_per_label": per_label,
                       "source": source, "recorded": recorded, "base_manifest_sha256": base_sha,

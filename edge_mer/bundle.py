@@ -292,6 +292,8 @@ class Bundle:
                           f"adapted on  {a.get('moments', '?')} labelled moments ({counts}) from {a.get('source', '?')}; "
                           f"heads {', '.join(a['heads'])}; stores features and labels only"
                           + ("" if not a.get("recorded") else f"; media recorded in {a['recorded']}"),
+                          *[f"person      {k}: per-user statistics start from {e['user_statistics_windows']} windows of this person"
+                            for k, e in a["heads"].items() if e.get("user_statistics_windows")],
                           f"base        ({m['name']}, manifest {a.get('base_manifest_sha256', '')[:12]}…):"]
         return "\n".join(lines)
 

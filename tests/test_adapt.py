@@ -144,13 +144,17 @@ def test_adapt_from_a_file_writes_a_small_user_bundle(session):
     assert b.user_root == user and b.labels == Bundle.load(session["base"]).labels
     info = _cli("info", str(user)).stdout
     assert "adapted on  8 labelled moments (neutral 2, happy 2, sad 2, angry 2)" in info
+    # the person's feature statistics (the whole session's windows) start the per-user normalisation
+    windows = a["heads"]["audio"]["user_statistics_windows"]
+    assert windows > a["heads"]["audio"]["windows"]
+    assert f"person      audio: per-user statistics start from {windows} windows of this person" in info
 
 
 @needs_data
 def test_run_with_the_user_bundle_applies_exactly_the_fit(session):
     """Parity: the events of `edge-mer run --bundle USER` equal the residual applied by hand to
     the base bundle's own head probabilities of the same windows."""
-    from edge_mer.adapt import head_windows, load_residuals, replay_events
+    from edge_mer.adapt import head_windows, load_residuals, replay_events, session_stats
     from edge_mer.bundle import Bundle
     from edge_mer.config import load_config
 
@@ -159,8 +163,12 @@ def test_run_with_the_user_bundle_applies_exactly_the_fit(session):
     user = Bundle.load(session["user"])
     cfg = load_config()
     base_events = replay_events(base.root, rec, has_video=False)
-    hw = head_windows(base, base_events, cfg.runtime)["audio"]
     r = load_residuals(user)["audio"]
+    # the person's statistics, from the whole adaptation session, start the per-user normalisation
+    stats = session_stats(base, [base_events], cfg.runtime)["audio"]
+    assert r.user is not None and r.user.windows == stats.windows
+    np.testing.assert_allclose(r.user.mean, stats.mean, rtol=1e-5, atol=1e-6)
+    hw = head_windows(base, base_events, cfg.runtime, {"audio": r.user})["audio"]
     expected = {k: apply_residual(p, z, r) for k, p, z in zip(hw.event, hw.probs, hw.z)}
     events = [json.loads(x) for x in _cli("run", "--bundle", str(session["user"]), "--audio", str(rec), "--fast").stdout.splitlines()]
     assert len(events) == len(base_events)

@@ -65,6 +65,30 @@ def test_the_person_replaces_the_prior_and_a_reset_restores_it():
     assert norm.windows == 20
 
 
+def test_starting_from_a_known_person_is_where_their_windows_would_have_led():
+    """A user bundle's statistics (edge-mer adapt): starting from them equals having run the
+    person's windows through the running statistics, and a reset returns to them, not to the
+    population's."""
+    rng = np.random.default_rng(2)
+    prior_mean, prior_std = rng.normal(size=4), rng.uniform(0.5, 2.0, size=4)
+    person = rng.normal(loc=2.0, scale=0.7, size=(60, 4))
+    streamed = RunningNorm(prior_mean, prior_std, prior_windows=20, memory_windows=1200)
+    for x in person:
+        streamed.update(x[None])
+    known = RunningNorm(prior_mean, prior_std, prior_windows=20, memory_windows=1200)
+    known.start_from(person.mean(axis=0), person.std(axis=0), len(person))
+    np.testing.assert_allclose(known.mean, streamed.mean, rtol=1e-10)
+    np.testing.assert_allclose(known.var, streamed.var, rtol=1e-10)
+    assert known.windows == streamed.windows == 80
+    known.update(rng.normal(size=(1, 4)) * 9)
+    known.reset()
+    np.testing.assert_allclose(known.mean, streamed.mean, rtol=1e-10)
+    # the population statistics stay what apply_prior reads
+    np.testing.assert_allclose(known.apply_prior(prior_mean[None]), 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="person's statistics"):
+        known.start_from(np.zeros(3), np.ones(3), 5)
+
+
 def test_without_adaptation_the_population_statistics_stay():
     norm = RunningNorm(np.full(2, 1.0), np.full(2, 2.0), prior_windows=5, memory_windows=50, adapt=False)
     for _ in range(10):

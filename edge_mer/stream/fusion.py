@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_mer.adapt import apply_residual, load_residuals
+from edge_mer.adapt import UserStats, apply_residual, load_residuals
 from edge_mer.bundle import subset_key
 from edge_mer.config import RuntimeCfg
 from edge_mer.modality import Modality
@@ -105,10 +105,20 @@ class Fusion:
                 dim = sum(int(self.bundle.encoder(m)["feature_dim"]) for m in entry.get("modalities", key.split("+")))
                 self._norms[key] = user_norm_from_bundle(self.bundle, entry["input_norm"], dim,
                                                          f"bundle {self.bundle.root}: heads.{key}.input_norm", self.runtime_cfg)
+                residual = self.residuals.get(key)
+                if residual is not None and residual.user is not None:  # a user bundle knows its person
+                    self._norms[key].start_from(residual.user.mean, residual.user.std, residual.user.windows)
                 if "population" in entry:
                     self._population[key] = load_model(self.bundle, entry["population"], f"heads.{key}.population",
                                                        self.runtime_cfg)
         return self._heads[key]
+
+    def start_from(self, stats: dict[str, "UserStats"]) -> None:
+        """Start the per-user statistics of these heads from a known person's (``edge-mer adapt``)."""
+        for key, st in stats.items():
+            self._head(key)
+            if key in self._norms:
+                self._norms[key].start_from(st.mean, st.std, st.windows)
 
     def reset_user(self) -> None:
         """Forget the current person's statistics (every head back to the population's)."""

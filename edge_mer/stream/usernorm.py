@@ -51,6 +51,7 @@ class RunningNorm:
                                f"({prior_windows}), got {memory_windows}")
         self.prior_mean, self.prior_var = prior_mean, prior_std**2
         self.prior_windows, self.memory_windows, self.adapt = int(prior_windows), int(memory_windows), adapt
+        self.known: tuple[np.ndarray, np.ndarray, int] | None = None  # this person's statistics, when known (start_from)
         self.reset()
 
     @property
@@ -58,10 +59,35 @@ class RunningNorm:
         return int(self.prior_mean.size)
 
     def reset(self) -> None:
-        """Forget the person: back to the population statistics (a new user, a new session)."""
-        self.mean = self.prior_mean.copy()
-        self.var = self.prior_var.copy()
-        self.windows = self.prior_windows  # effective count, the prior's pseudo-windows included
+        """Back to the start of a session: the population statistics, or this person's own when
+        they are known (:meth:`start_from`, a user bundle of ``edge-mer adapt``)."""
+        if self.known is None:
+            self.mean = self.prior_mean.copy()
+            self.var = self.prior_var.copy()
+            self.windows = self.prior_windows  # effective count, the prior's pseudo-windows included
+        else:
+            # As if the person's windows had followed the prior's pseudo-windows: their mixture.
+            mean, var, windows = self.known
+            a = self.prior_windows / (self.prior_windows + windows)
+            d = mean - self.prior_mean
+            self.mean = self.prior_mean + (1.0 - a) * d
+            self.var = a * self.prior_var + (1.0 - a) * var + a * (1.0 - a) * d * d
+            self.windows = min(self.prior_windows + windows, self.memory_windows)
+
+    def start_from(self, mean: np.ndarray, std: np.ndarray, windows: int) -> None:
+        """Start every session from this person's statistics (``windows`` windows of them) mixed
+        with the population's prior pseudo-windows, i.e. where the running statistics would stand
+        after those windows: the per-user head reads them from the first window and the blend with the
+        population head (:meth:`edge_mer.stream.fusion.Fusion.user_weight`) counts those windows as
+        already seen. :meth:`apply_prior` keeps standardising by the population statistics."""
+        mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+        std = np.asarray(std, dtype=np.float64).reshape(-1)
+        if mean.shape != self.prior_mean.shape or std.shape != self.prior_mean.shape:
+            raise ValueError(f"user norm: the person's statistics have {mean.size}/{std.size} features, the head reads {self.dim}")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)) or windows < 1:
+            raise ValueError("user norm: the person's statistics must be finite, with positive std and at least one window")
+        self.known = (mean, std**2, int(windows))
+        self.reset()
 
     def update(self, x: np.ndarray) -> None:
         """Fold one window into the running statistics: ``x`` is its feature row [D] or [1, D], or

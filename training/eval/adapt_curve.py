@@ -38,6 +38,9 @@ from edge_mer.errors import ConfigError, EdgeMerError
 log = logging.getLogger("training.eval.adapt_curve")
 
 KS = (1, 3, 5, 10)
+READINGS = ("unadapted", "adapted", "residual_only", "alone", "fresh_unadapted", "fresh_adapted", "fresh_residual_only")
+PAIRS = (("adapted", "unadapted"), ("adapted", "alone"), ("adapted", "residual_only"), ("fresh_adapted", "fresh_unadapted"),
+         ("fresh_adapted", "fresh_residual_only"))
 
 
 def _score(events: list[dict], spans, probs: dict[int, np.ndarray], skip: set[str], tau: float) -> tuple[list, list]:
@@ -58,10 +61,56 @@ def _score(events: list[dict], spans, probs: dict[int, np.ndarray], skip: set[st
     return [c["label"] for c in clips], [c["pred"] for c in clips]
 
 
+def clip_windows(events: list[dict], spans, slack_s: float = 0.25) -> list[list[int]]:
+    """Per clip: the replay's windows that lie inside it (``slack_s`` of tolerance), or, when none
+    does, the windows it owns: what a fresh run on the clip alone would read, approximately."""
+    from training.eval.scoring import owner
+
+    inside: list[list[int]] = [[] for _ in spans]
+    owned: list[list[int]] = [[] for _ in spans]
+    for k, e in enumerate(events):
+        i, overlap = owner(e["t_start"], e["t_end"], spans)
+        if i is None or overlap <= 0:
+            continue
+        owned[i].append(k)
+        if e["t_start"] >= spans[i].t_start_s - slack_s and e["t_end"] <= spans[i].t_end_s + slack_s:
+            inside[i].append(k)
+    return [a or b for a, b in zip(inside, owned)]
+
+
+def _fresh_scores(bundle, events, spans, windows_of, scored, runtime_cfg, tau, start=None, residual=None) -> tuple[list, list]:
+    """Each scored clip alone, from a fresh session: the fusion's per-user statistics start again
+    (from the population's, or the person's ``start``) for every clip, over its own windows."""
+    from edge_mer.adapt import apply_residual
+    from edge_mer.modality import Modality
+    from edge_mer.stream.fusion import Fusion
+
+    fusion = Fusion.from_bundle(bundle, runtime_cfg)
+    if start:
+        fusion.start_from(start)
+    ys, ps = [], []
+    for i in scored:
+        fusion.reset_user()
+        sub = [events[k] for k in windows_of[i]]
+        probs = {}
+        for j, e in enumerate(sub):
+            feats = {Modality(m): np.asarray(f, np.float32) for m, f in (e.get("features") or {}).items()}
+            if not feats:
+                continue
+            p = fusion.predict(feats).per_modality.get("audio")
+            if p is not None:
+                probs[j] = p if residual is None else apply_residual(p, fusion.last_inputs["audio"], residual)
+        y, pred = _score(sub, [spans[i]], probs, set(), tau)
+        ys += y
+        ps += pred
+    return ys, ps
+
+
 def actor_curve(bundle, events: list[dict], spans, ks: Sequence[int], draws: int, seed: int, tau: float,
                 runtime_cfg) -> dict[str, Any]:
-    """Per k: UA of unadapted / adapted / k-alone per draw for one test actor."""
-    from edge_mer.adapt import Moment, apply_residual, collect_labelled, fit_heads, head_windows
+    """Per k: UA of unadapted / adapted / residual only / k-alone per draw for one test actor, in
+    the one-recording replay and, each scored clip alone, in fresh sessions."""
+    from edge_mer.adapt import Moment, apply_residual, collect_labelled, fit_heads, head_windows, session_stats
     from training.eval.metrics import unweighted_accuracy
 
     labels = bundle.labels
@@ -70,6 +119,7 @@ def actor_curve(bundle, events: list[dict], spans, ks: Sequence[int], draws: int
         raise ConfigError(f"the fold bundle's heads read {sorted(hw)}; this curve is for the audio-only RAVDESS replays")
     audio = hw["audio"]
     base_probs = {k: p for k, p in zip(audio.event, audio.probs)}
+    windows_of = clip_windows(events, spans)
     rng = np.random.default_rng(seed)
     by_label = {lab: [i for i, s in enumerate(spans) if s.clip.label == lab] for lab in labels}
     out: dict[str, Any] = {}
@@ -84,19 +134,29 @@ def actor_curve(bundle, events: list[dict], spans, ks: Sequence[int], draws: int
             moments = [Moment(Path("rec"), spans[i].t_start_s, spans[i].t_end_s, spans[i].clip.label, j)
                        for j, i in enumerate(sorted(chosen))]
             skip = {spans[i].clip.clip_id for i in chosen}
-            per_head: dict = {}
-            collect_labelled(bundle, events, moments, runtime_cfg, per_head, "rec")
-            row = {"labelled_clips": len(chosen)}
+            scored = [i for i in range(len(spans)) if i not in set(chosen)]
+            # The person's statistics from the labelled clips only (the adaptation session).
+            stats = session_stats(bundle, [events], runtime_cfg, moments)
+            seeded = head_windows(bundle, events, runtime_cfg, stats)["audio"]
+            row: dict[str, Any] = {"labelled_clips": len(chosen)}
             y0, p0 = _score(events, spans, base_probs, skip, tau)
             row["unadapted"] = unweighted_accuracy(y0, p0)
-            for name, uniform in (("adapted", False), ("alone", True)):
+            for name, start, hwin, uniform in (("adapted", stats, seeded, False), ("residual_only", None, audio, False),
+                                               ("alone", stats, seeded, True)):
+                per_head: dict = {}
+                collect_labelled(bundle, events, moments, runtime_cfg, per_head, "rec", start)
                 heads, infos = fit_heads(per_head, labels, uniform=uniform)
                 r = heads["audio"]
                 probs = {e: apply_residual(np.full(len(labels), 1.0 / len(labels)) if uniform else p, z, r)
-                         for e, p, z in zip(audio.event, audio.probs, audio.z)}
+                         for e, p, z in zip(hwin.event, hwin.probs, hwin.z)}
                 y, p = _score(events, spans, probs, skip, tau)
                 row[name] = unweighted_accuracy(y, p)
                 row[f"{name}_lambda"] = infos["audio"].get("lam")
+                if name != "alone":  # a later, fresh session with the user bundle (and without its statistics)
+                    y, p = _fresh_scores(bundle, events, spans, windows_of, scored, runtime_cfg, tau, start, r)
+                    row[f"fresh_{name}"] = unweighted_accuracy(y, p)
+            y, p = _fresh_scores(bundle, events, spans, windows_of, scored, runtime_cfg, tau)
+            row["fresh_unadapted"] = unweighted_accuracy(y, p)
             rows.append(row)
         out[str(k)] = rows
     return out
@@ -118,10 +178,10 @@ def summarise(per_actor: dict[str, dict], ks: Sequence[int]) -> dict[str, Any]:
     for k in ks:
         rows = [r for a in per_actor.values() for r in a[str(k)]]
         s: dict[str, Any] = {"pairs": len(rows), "labelled_clips_per_person": float(np.mean([r["labelled_clips"] for r in rows]))}
-        for name in ("unadapted", "adapted", "alone"):
+        for name in READINGS:
             v = np.array([r[name] for r in rows])
             s[name] = {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2)}
-        for a, b in (("adapted", "unadapted"), ("adapted", "alone")):
+        for a, b in PAIRS:
             d = [r[a] - r[b] for r in rows]
             s[f"{a}-{b}"] = {"mean": round(float(np.mean(d)), 2), "wilcoxon_p": wilcoxon(d),
                              "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
@@ -134,18 +194,35 @@ def markdown(summary: dict, args, seconds: float) -> str:
              f"Command: `python -m training.eval.adapt_curve {' '.join(args.argv)}` ({seconds / 60:.0f} min here).",
              "Fold bundles of `python -m training.eval.bundle_cv --encoder whisper` (built without the test actors); "
              "each test actor's one-recording replay; k clips per label of that person labelled (neutral: at most 3 of "
-             "its 4), the other clips scored: clip UA %, 8 labels, smoothing as shipped; mean ± std over actors x draws.", "",
-             "| k per label | labelled clips | unadapted | adapted | k clips alone | adapted − unadapted (p, wins/losses) | adapted − alone (p) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for k, s in summary.items():
-        def ms(name: str) -> str:
-            return f"{s[name]['mean']:.1f} ± {s[name]['std']:.1f}"
+             "its 4), the other clips scored: clip UA %, 8 labels, smoothing as shipped; mean ± std over actors x draws; "
+             "paired differences with a Wilcoxon signed-rank test over (actor, draw).", "",
+             "**One recording per person** (the bundle-level evaluation's continuous replay). *adapted*: what "
+             "`edge-mer run --bundle USER_BUNDLE` computes (the person's statistics from the labelled clips start the "
+             "per-user normalisation, and the residual on the head); *residual only*: the residual without those "
+             "statistics; *k clips alone*: the same fit on a uniform prior (a head from the k clips only).", "",
+             "| k per label | labelled clips | unadapted | adapted | residual only | k clips alone | adapted − unadapted (p, wins/losses) | adapted − residual only (p) | adapted − alone (p) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
-        d1, d2 = s["adapted-unadapted"], s["adapted-alone"]
-        p1 = "n/a" if d1["wilcoxon_p"] is None else f"{d1['wilcoxon_p']:.2g}"
-        p2 = "n/a" if d2["wilcoxon_p"] is None else f"{d2['wilcoxon_p']:.2g}"
-        lines.append(f"| {k} | {s['labelled_clips_per_person']:.0f} | {ms('unadapted')} | {ms('adapted')} | {ms('alone')} | "
-                     f"{d1['mean']:+.1f} (p {p1}, {d1['wins']}/{d1['losses']}) | {d2['mean']:+.1f} (p {p2}) |")
+    def ms(s, name: str) -> str:
+        return f"{s[name]['mean']:.1f} ± {s[name]['std']:.1f}"
+
+    def diff(d, wins: bool = False) -> str:
+        p = "n/a" if d["wilcoxon_p"] is None else f"{d['wilcoxon_p']:.2g}"
+        return f"{d['mean']:+.1f} (p {p}" + (f", {d['wins']}/{d['losses']})" if wins else ")")
+
+    for k, s in summary.items():
+        lines.append(f"| {k} | {s['labelled_clips_per_person']:.0f} | {ms(s, 'unadapted')} | {ms(s, 'adapted')} | "
+                     f"{ms(s, 'residual_only')} | {ms(s, 'alone')} | {diff(s['adapted-unadapted'], True)} | "
+                     f"{diff(s['adapted-residual_only'])} | {diff(s['adapted-alone'])} |")
+    lines += ["", "**Each clip alone, a fresh session** (a later session of the same person: the per-user statistics "
+              "start again for every scored clip, from the population's, or, adapted, from the person's). Simulated "
+              "from the same replay: each clip's windows that lie inside it, through a fresh fusion and smoother "
+              "(`clip_windows`); the bundle-level evaluation's real fresh runs are in results/bundle_cv.", "",
+              "| k per label | unadapted | adapted | residual only | adapted − unadapted (p, wins/losses) | adapted − residual only (p) |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for k, s in summary.items():
+        lines.append(f"| {k} | {ms(s, 'fresh_unadapted')} | {ms(s, 'fresh_adapted')} | {ms(s, 'fresh_residual_only')} | "
+                     f"{diff(s['fresh_adapted-fresh_unadapted'], True)} | {diff(s['fresh_adapted-fresh_residual_only'])} |")
     return "\n".join(lines) + "\n"
 
 
