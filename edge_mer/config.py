@@ -140,7 +140,7 @@ class TrainCfg:
     # before pretraining (label-free; needs speaker ids). The runtime then standardises by the
     # person's running statistics (the bundle's encoders.<m>.input_norm).
     speaker_norm: bool = False
-    epochs: int = 30  # passes over the training clips
+    epochs: int = 30  # passes over the training clips (0: no training step; the run holds the encoders as initialised)
     schedule: str = "step"  # "step" (x gamma every epoch), "cosine" or "constant"
     step_gamma: float = 0.9  # StepLR factor per epoch
     warmup_steps: int = 0  # linear warm-up steps

