@@ -121,7 +121,8 @@ class Fusion:
                 self._norms[key].start_from(st.mean, st.std, st.windows)
 
     def reset_user(self) -> None:
-        """Forget the current person's statistics (every head back to the population's)."""
+        """Forget what this session learned of the person: every head back to the population's
+        statistics, or to the known person's of a user bundle (:meth:`start_from`)."""
         for norm in self._norms.values():
             norm.reset()
 

@@ -162,6 +162,14 @@ def actor_curve(bundle, events: list[dict], spans, ks: Sequence[int], draws: int
     return out
 
 
+def fold_bundle(work: str | Path, encoder: str, fold: int) -> Path:
+    """The bundle-level evaluation's bundle of ``fold`` (built without its test actors)."""
+    bundle_dir = Path(work) / f"fold{fold}_{encoder}" / "bundle"
+    if not (bundle_dir / "manifest.json").is_file():
+        raise ConfigError(f"{bundle_dir}: no fold bundle (python -m training.eval.bundle_cv --encoder {encoder} --work {work} first)")
+    return bundle_dir
+
+
 def wilcoxon(diffs: Sequence[float]) -> float | None:
     try:
         from scipy.stats import wilcoxon as _w
@@ -258,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         with one_blas_thread():
             for f in parse_actor_list(args.folds):
-                bundle_dir = Path(args.work) / f"fold{f}_{args.encoder}" / "bundle"
-                if not (bundle_dir / "manifest.json").is_file():
-                    raise ConfigError(f"{bundle_dir}: no fold bundle (python -m training.eval.bundle_cv --encoder {args.encoder} "
-                                      f"--work {args.work} first)")
+                bundle_dir = fold_bundle(args.work, args.encoder, f)
                 bundle = Bundle.load(bundle_dir)
                 for a in folds[f - 1]:
                     rec = speaker_recording(clips, a, Path(args.work) / "recordings" / f"test_seed{args.seed + TEST_SEED_OFFSET}"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_mer.errors import ConfigError, EdgeMerError
+from edge_mer.errors import EdgeMerError
 
 log = logging.getLogger("training.eval.adapt_fresh")
 
@@ -109,7 +109,7 @@ def markdown(per_actor: dict[str, dict], summary: dict, argv, seconds: float) ->
 def main(argv: list[str] | None = None) -> int:
     from edge_mer.io import atomic_write_text
     from edge_mer.stream.app import one_blas_thread
-    from training.eval.adapt_curve import wilcoxon
+    from training.eval.adapt_curve import fold_bundle, wilcoxon
     from training.eval.bundle_cv import default_folds, parse_actor_list
     from training.eval.recordings import ravdess_speech_clips
 
@@ -133,10 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         per_actor: dict[str, dict] = {}
         with one_blas_thread():
             for f in parse_actor_list(args.folds):
-                bundle_dir = Path(args.work) / f"fold{f}_{args.encoder}" / "bundle"
-                if not (bundle_dir / "manifest.json").is_file():
-                    raise ConfigError(f"{bundle_dir}: no fold bundle (python -m training.eval.bundle_cv --encoder {args.encoder} "
-                                      f"--work {args.work} first)")
+                bundle_dir = fold_bundle(args.work, args.encoder, f)
                 for a in folds[f - 1]:
                     per_actor[f"{a:02d}"] = actor_sessions(bundle_dir, clips, a, args.k, args.seed + a,
                                                            Path(args.work) / "adapt_fresh" / f"actor{a:02d}")
