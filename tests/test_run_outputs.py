@@ -41,9 +41,17 @@ def _cmd(bundle: Path, speech: Path, *args: str) -> list[str]:
             "--set", "runtime.threads=1", *args]
 
 
-def _start(bundle: Path, speech: Path, *args: str) -> subprocess.Popen:
+def _default_signals() -> None:
+    """In the child: the stop signals at their default disposition, whatever pytest inherited (a
+    suite started under nohup ignores SIGHUP, and the run rightly keeps an ignored signal ignored:
+    see the nohup test below)."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _start(bundle: Path, speech: Path, *args: str, inherit_signals: bool = False) -> subprocess.Popen:
     return subprocess.Popen(_cmd(bundle, speech, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=REPO, env=ENV, text=True)
+                            cwd=REPO, env=ENV, text=True, preexec_fn=None if inherit_signals else _default_signals)
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -172,7 +180,7 @@ def test_an_ignored_sighup_stays_ignored(bundle, speech, tmp_path):
     out = tmp_path / "events.jsonl"
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an ignored disposition is inherited, as nohup does
     try:
-        proc = _start(bundle, speech, "--out", str(out))
+        proc = _start(bundle, speech, "--out", str(out), inherit_signals=True)
     finally:
         signal.signal(signal.SIGHUP, previous)
     _wait_for(lambda: _lines(tmp_path / "events.jsonl.partial") >= 1, proc)
