@@ -287,5 +287,7 @@ def test_live_guided_session_rehearsed_on_a_recording(tmp_path):
     a = json.loads((user / "manifest.json").read_text())["adaptation"]
     assert a["source"] == "live session" and a["moments_per_label"] == {"neutral": 2, "angry": 2}
     assert a["heads"]["audio"]["windows"] >= 8
+    # the whole session (prompts and gaps included) gives the person's statistics, label-free
+    assert a["heads"]["audio"]["user_statistics_windows"] >= a["heads"]["audio"]["windows"]
     events = _cli("run", "--bundle", str(user), "--audio", str(rec), "--fast").stdout.splitlines()
     assert events and all("probs" in json.loads(e) for e in events)
