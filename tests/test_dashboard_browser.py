@@ -89,7 +89,10 @@ def test_dashboard_in_headless_chromium(tmp_path):
         # Several more events: the counter moves on and the bars follow the probabilities.
         _wait(lambda: int(re.match(r"window (\d+)", text("counter")).group(1)) >= first + 12, 30, "more events")
         assert widths() != before
-        mods = {r.get_attribute("data-mod"): r.text for r in driver.find_elements("css selector", "#mods tr")}
+        # Read in one script: the page re-renders the rows on every event, so element handles
+        # taken one by one can go stale between two reads.
+        mods = driver.execute_script("const out = {}; for (const r of document.querySelectorAll('#mods tr'))"
+                                     " out[r.dataset.mod] = r.innerText; return out;")
         assert "used" in mods["face"] and "used" in mods["audio"]
         assert "absent" in mods["text"] and "speech-to-text" in mods["text"]
         assert re.fullmatch(r"\d+ ms", text("latency"))
