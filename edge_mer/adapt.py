@@ -392,12 +392,14 @@ def session_stats(base: "Bundle", sessions: Sequence[Sequence[dict]], runtime_cf
 
 
 def collect_labelled(base: "Bundle", events: Sequence[dict], moments: Sequence[Moment], runtime_cfg,
-                     per_head: dict[str, dict[str, list]], media_key: str, start: dict[str, UserStats] | None = None) -> None:
+                     per_head: dict[str, dict[str, list]], media_key: str, start: dict[str, UserStats] | None = None,
+                     windows: dict[str, HeadWindows] | None = None) -> None:
     """Add one recording's windows to ``per_head``: every window a head read (``session``) and,
     for the windows inside a moment, the head input, log-probabilities, label index and moment id;
-    ``start``: the person's statistics the per-user normalisation starts from (see :func:`head_windows`)."""
+    ``start``: the person's statistics the per-user normalisation starts from (see :func:`head_windows`);
+    ``windows``: the recording's :func:`head_windows` when already computed (with the same ``start``)."""
     labels = base.labels
-    for key, hw in head_windows(base, events, runtime_cfg, start).items():
+    for key, hw in (windows if windows is not None else head_windows(base, events, runtime_cfg, start)).items():
         acc = per_head.setdefault(key, {"z": [], "logp": [], "y": [], "g": [], "session": []})
         for z, p, (t0, t1) in zip(hw.z, hw.probs, hw.t):
             acc["session"].append(z)

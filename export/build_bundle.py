@@ -310,21 +310,20 @@ def model_card(manifest: dict, report: dict, command: str) -> str:
              f"Built by `{command}` on {report['built']} (edge-mer {manifest.get('edge_mer_version', '?')}, "
              f"commit {report.get('git_commit', 'unknown')}).", "",
              "## What it is", ""]
+    clips = (f"{data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
+             f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())})")
     if run["epochs"] == 0:
         lines += [f"**No pretraining**: the published networks as they ship, frozen (run `{run['dir']}`, written by "
                   f"`python -m training.train` with `train.epochs = 0`; modalities {', '.join(run['modalities'])}). Nothing "
                   "was learned before the heads.", "",
-                  f"Cache: {data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
-                  f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())}), "
-                  "read only for the export's parity checks and INT8 calibration.", ""]
+                  f"Cache: {clips}, read only for the export's parity checks and INT8 calibration.", ""]
     else:
         lines += [f"Encoders pretrained **without labels** by `python -m training.train` (run `{run['dir']}`): "
                   f"modalities {', '.join(run['modalities'])}, pairwise contrastive loss over "
                   f"{'all pairs' if not run['pairs'] else ', '.join(run['pairs'])} (temperature {run['temperature']}), "
                   f"{run['epochs']} epochs, batch {run['batch_size']}, seed {run['seed']}"
                   f"{', inputs standardised per speaker' if run['speaker_norm'] else ''}.", "",
-                  f"Pretraining data: {data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
-                  f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())}).", ""]
+                  f"Pretraining data: {clips}.", ""]
     lines += [
              "| modality | encoder | feature dim | default precision | weights |", "|---|---|---:|---|---|"]
     for m, e in manifest["encoders"].items():

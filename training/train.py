@@ -523,6 +523,10 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
         save_config(cfg, out_dir)
         log.info("pretraining %s on %d clips (%d held out), %d steps/epoch, pairs %s", "+".join(streams),
                  len(train_ids), len(val_ids), steps_per_epoch, task.loss.active_pairs(list(streams)))
+    def trainer_state(rng_states: list) -> dict[str, Any]:
+        return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "rng": rng_states, "loss": task.loss.state_dict()}
+
     if t.epochs == 0 and info.is_main and found is None:
         # No pretraining: the run holds the encoders as initialised, i.e. the shipped pretrained
         # networks as published (the projectors, random, are never exported). A bundle is then
@@ -531,8 +535,7 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
         if untrained:
             log.warning("train.epochs = 0: %s %s no published weights and stay%s randomly initialised",
                         ", ".join(untrained), "has" if len(untrained) == 1 else "have", "s" if len(untrained) == 1 else "")
-        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": [_rng_state()], "loss": task.loss.state_dict()}
+        state = trainer_state([_rng_state()])
         meta = _meta(model, specs, cfg, data, 0, 0, None, None, adapted.changes)
         last_dir = ckpt.save_slot(out_dir / "last", model, meta, state)
         ckpt.save_checkpoint(out_dir, model, meta, state)
@@ -581,8 +584,7 @@ def pretrain(cfg: Config, data: PretrainData, out_dir: str | Path, resume: bool 
             torch.distributed.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
         if info.is_main and ((epoch + 1) % max(1, t.checkpoint_every) == 0 or epoch + 1 == t.epochs):
-            state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": rng_states, "loss": task.loss.state_dict()}
+            state = trainer_state(rng_states)
             meta = _meta(model, specs, cfg, data, epoch + 1, step, best, val, adapted.changes)
             last_dir = ckpt.save_slot(out_dir / "last", model, meta, state)
             # Without held-out clips the latest model is the selected one.

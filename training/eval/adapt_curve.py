@@ -137,16 +137,17 @@ def actor_curve(bundle, events: list[dict], spans, ks: Sequence[int], draws: int
             scored = [i for i in range(len(spans)) if i not in set(chosen)]
             # The person's statistics from the labelled clips only (the adaptation session).
             stats = session_stats(bundle, [events], runtime_cfg, moments)
-            seeded = head_windows(bundle, events, runtime_cfg, stats)["audio"]
+            seeded = head_windows(bundle, events, runtime_cfg, stats)
+            per_head = {"stats": {}, None: {}}  # the labelled windows, read with and without the person's statistics
+            collect_labelled(bundle, events, moments, runtime_cfg, per_head["stats"], "rec", stats, seeded)
+            collect_labelled(bundle, events, moments, runtime_cfg, per_head[None], "rec", None, hw)
             row: dict[str, Any] = {"labelled_clips": len(chosen)}
             y0, p0 = _score(events, spans, base_probs, skip, tau)
             row["unadapted"] = unweighted_accuracy(y0, p0)
-            for name, start, hwin, uniform in (("adapted", stats, seeded, False), ("residual_only", None, audio, False),
-                                               ("alone", stats, seeded, True)):
-                per_head: dict = {}
-                collect_labelled(bundle, events, moments, runtime_cfg, per_head, "rec", start)
-                heads, infos = fit_heads(per_head, labels, uniform=uniform)
+            for name, start, uniform in (("adapted", stats, False), ("residual_only", None, False), ("alone", stats, True)):
+                heads, infos = fit_heads(per_head["stats" if start else None], labels, uniform=uniform)
                 r = heads["audio"]
+                hwin = seeded["audio"] if start else audio
                 probs = {e: apply_residual(np.full(len(labels), 1.0 / len(labels)) if uniform else p, z, r)
                          for e, p, z in zip(hwin.event, hwin.probs, hwin.z)}
                 y, p = _score(events, spans, probs, skip, tau)
