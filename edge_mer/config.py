@@ -123,6 +123,13 @@ class LossCfg:
     # (train.modalities, less any stream the data lack)
     pairs: tuple[str, ...] = ()
     learn_temperature: bool = False  # learn log(1/T), clamped to ln(100)
+    # Label-free rank regulariser on each stream's projected unit embeddings in a batch (issue 18:
+    # the pairwise audio embeddings span ~15 of 512 directions). 0 = off (the plain pairwise loss).
+    # var: VICReg-style hinge, each dimension's std below that of isotropic unit vectors (1/sqrt(D));
+    # cov: squared off-diagonal covariance over squared total variance (0 = uncorrelated, ~1 = one
+    # direction). See training.loss.variance_term / covariance_term.
+    var_weight: float = 0.0
+    cov_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -344,6 +351,8 @@ def _one_of(*choices: str) -> tuple[Any, str]:
 # The valid range of each bounded setting, ``section.key``: (check, range as users read it). A
 # tuple value is checked element by element. :func:`validate` is the one place they are checked.
 RANGES: dict[str, tuple[Any, str]] = {
+    "loss.var_weight": _at_least(0),
+    "loss.cov_weight": _at_least(0),
     "audio.sample_rate_hz": _between(1, 384000),
     "audio.n_fft": _between(1, 65536),
     "audio.win_length": _between(1, 65536),
