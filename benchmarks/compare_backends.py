@@ -73,14 +73,17 @@ def timed(fn: Callable[[], object], inputs: list, repeats: int, warmup: int) -> 
 
 def ravdess_logmels(data: Path, per_actor: int, audio_cfg) -> tuple[list[np.ndarray], list[str], list[int]]:
     """Whole-clip log-mels of RAVDESS speech with their label and actor (empty when absent)."""
-    from export.make_default_bundle import clip_logmels, ravdess_clips
+    from edge_mer.features.logmel import log_mel
+    from edge_mer.media import load_audio
+    from training.eval.recordings import ravdess_speech_clips
 
     try:
-        clips = ravdess_clips(data, per_actor)
+        clips = ravdess_speech_clips(data, per_actor=per_actor)
     except EdgeMerError as exc:
         log.warning("no UA: %s", exc)
         return [], [], []
-    return clip_logmels(clips, audio_cfg), [c.label for c in clips], [c.actor for c in clips]
+    logmels = [log_mel(load_audio(c.path, audio_cfg.sample_rate_hz), audio_cfg) for c in clips]
+    return logmels, [c.label for c in clips], [c.speaker for c in clips]
 
 
 def centre_window(logmel: np.ndarray, frames: int) -> np.ndarray:
@@ -167,7 +170,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def probe_ua(features: np.ndarray, labels: list[str], actors: list[int]) -> float:
-    from export.make_default_bundle import fit_probe, predict
+    from export.head_sources import fit_probe, predict
     from training.eval.metrics import unweighted_accuracy
 
     train = [i for i, a in enumerate(actors) if a not in EVAL_ACTORS]

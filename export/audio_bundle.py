@@ -356,9 +356,10 @@ def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     return float(grid[int(np.argmin([nll(t) for t in grid]))])
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[LinearProbe, dict]:
-    """A calibrated linear head: C by actor-grouped CV (UA), temperature on out-of-fold logits."""
-    classes = list(LABELS)
+def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: Sequence[str] = LABELS) -> tuple[LinearProbe, dict]:
+    """A calibrated linear head over ``labels``: C by speaker-grouped CV (UA), temperature on
+    out-of-fold logits."""
+    classes = list(labels)
     scores = {}
     oof = {}
     for c in CS:
@@ -413,31 +414,54 @@ def build_audio_bundle(out: str | Path, plan: AudioBundlePlan, cfg: Config, over
     return report
 
 
-def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, recordings: Sequence[Recording],
-                         variants: list[str], report: dict, info: dict) -> None:
-    """Runtime window features of the training actors per precision, the INT8 rule, both heads."""
-    windows = {p: runtime_training_windows(stage.root, recordings, p) for p in variants}
-    log.info("runtime windows of %d training actors: %s", len(recordings),
+@dataclass
+class SessionHeads:
+    """The audio heads fitted on speaker sessions (:func:`session_heads`)."""
+
+    user: LinearProbe  # per-user head
+    population: LinearProbe  # population head (cold start)
+    prior: tuple[np.ndarray, np.ndarray]  # the speakers' feature statistics: the per-user normalisation's start
+    shipped: str  # the precision the INT8 rule chose
+    precision: dict[str, Any]  # {"oof_window_ua": {...}, "shipped": ..., "rule": ...}
+    heads: dict[str, Any]  # {"per_user": info, "population": info, "training_windows": n}
+
+
+def session_heads(stage_root: Path, recordings: Sequence[Recording], variants: Sequence[str], runtime: RuntimeCfg,
+                  labels: Sequence[str] = LABELS) -> SessionHeads:
+    """Runtime window features of each speaker's session recording per precision, the INT8 rule
+    (out-of-fold UA of the per-user head, speaker-grouped), and both calibrated heads. The one
+    head fit of every speaker-session bundle (``export.build_bundle --sessions``)."""
+    windows = {p: runtime_training_windows(stage_root, recordings, p) for p in variants}
+    log.info("runtime windows of %d speakers: %s", len(recordings),
              ", ".join(f"{p}: {len(w.x)}" for p, w in windows.items()))
     # The shipped precision: INT8 when its out-of-fold UA (per-user head) is within budget.
     oof, inputs = {}, {}
     for p, ws in windows.items():
         prior = feature_prior(ws)
-        inputs[p] = (prior, *head_inputs(ws, prior, cfg.runtime))  # (prior, per-user input, population input)
+        inputs[p] = (prior, *head_inputs(ws, prior, runtime))  # (prior, per-user input, population input)
         keep = ws.y != ""
-        logits = out_of_fold_logits(inputs[p][1][keep], ws.y[keep], ws.actor[keep], 0.1, LABELS)
-        oof[p] = round(unweighted_accuracy(list(ws.y[keep]), [LABELS[i] for i in logits.argmax(axis=1)]), 2)
+        logits = out_of_fold_logits(inputs[p][1][keep], ws.y[keep], ws.actor[keep], 0.1, labels)
+        oof[p] = round(unweighted_accuracy(list(ws.y[keep]), [labels[i] for i in logits.argmax(axis=1)]), 2)
     log.info("out-of-fold window UA per precision: %s", oof)
     shipped = "int8" if "int8" in oof and oof["fp32"] - oof["int8"] <= MAX_UA_DROP else "fp32"
-    report["precision"] = {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"}
     ws = windows[shipped]
     prior, user, pop = inputs[shipped]
     keep = ws.y != ""
-    user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep])
-    pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep])
+    user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep], labels)
+    pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep], labels)
     log.info("heads fitted: per-user %s, population %s", user_info, pop_info)
-    report["heads"] = {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())}
-    _write_audio_heads(stage, user_head, pop_head, prior, shipped, report, info["calibration"], plan.only_shipped_precision)
+    return SessionHeads(user_head, pop_head, prior, shipped,
+                        {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"},
+                        {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())})
+
+
+def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, recordings: Sequence[Recording],
+                         variants: list[str], report: dict, info: dict) -> None:
+    """Runtime window features of the training actors per precision, the INT8 rule, both heads."""
+    fit = session_heads(stage.root, recordings, variants, cfg.runtime)
+    report["precision"], report["heads"] = fit.precision, fit.heads
+    _write_audio_heads(stage, fit.user, fit.population, fit.prior, fit.shipped, report, info["calibration"],
+                       plan.only_shipped_precision)
 
 
 def _write_audio_heads(stage: Bundle, user_head: LinearProbe, pop_head: LinearProbe, prior, shipped: str, report: dict,

@@ -22,8 +22,17 @@
    clip and speaker counts), the labels per modality, the fit and precision figures, and the
    licence of every weight file whose origin is known.
 
+Options the shipped default uses (``export/make_default_bundle.py`` prepares its inputs and runs
+this command): ``--sessions`` fits the audio heads on each speaker's labelled recordings joined into
+one session (speaker-grouped CV for C, temperature calibration, the INT8 rule on out-of-fold UA:
+:func:`export.audio_bundle.session_heads`); ``--head face=mapping`` and ``--head text=meld:DIR``
+take a head from the network's own classes or from MELD's transcripts (:mod:`export.head_sources`);
+``--only-shipped`` keeps one precision per measured encoder; ``--evaluation`` puts a bundle-level
+evaluation of the recipe in the card's headline.
+
 Everything is built in a scratch directory and replaces ``--out`` only when complete;
-``python export/build_engines.py --bundle OUT`` then builds TensorRT engines from it.
+``python export/build_engines.py --bundle OUT`` then builds TensorRT engines from it (the audio
+encoder's parity inputs are kept as ``calibration/audio.npz`` for its INT8 calibrator).
 """
 
 from __future__ import annotations
@@ -33,11 +42,12 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import shlex
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,7 +66,7 @@ from export.heads import LinearProbe, fit_linear_head, write_head
 log = logging.getLogger("export.build_bundle")
 
 PROG = "python -m export.build_bundle"
-RUNTIME_STREAMS = ("audio", "face", "landmarks", "text")
+RUNTIME_STREAMS = ("face", "landmarks", "audio", "text")  # the runtime's modality order (edge_mer.modality.Modality)
 PARITY_ITEMS = 8
 # Where a run's weights came from, when an encoder starts from a shipped network.
 WEIGHT_LICENCES = {
@@ -274,6 +284,16 @@ def modality_heads(h: HeadInputs, labels: Sequence[str], c: float):
                                  "window_ua": round(h.ua, 2), "window_ua_on": h.ua_on, "C": c}
 
 
+def write_plain_head(stage: Bundle, modality: str, head: LinearProbe) -> None:
+    """A head with no per-user normalisation (a mapping or corpus head: the same for everyone)."""
+    from export.onnx_export import io_entries
+
+    rel = f"heads/{modality}.onnx"
+    write_head(head, stage.root / rel, name=f"head_{modality}")
+    stage.manifest["heads"][modality] = file_entry(stage.root, rel, type="softmax_linear", modalities=[modality],
+                                                   **io_entries(stage.root / rel))
+
+
 def write_modality_heads(stage: Bundle, modality: str, user_head: LinearProbe, pop_head: LinearProbe, prior) -> None:
     from export.onnx_export import io_entries
 
@@ -303,12 +323,15 @@ def _data_summary(cache: str) -> dict[str, Any]:
             "settings": c.settings}
 
 
-def model_card(manifest: dict, report: dict, command: str) -> str:
+def model_card(manifest: dict, report: dict, command: str, notes: str = "") -> str:
     run = report["run"]
     data = report["pretraining_data"]
     lines = [f"# {manifest['name']}", "",
              f"Built by `{command}` on {report['built']} (edge-mer {manifest.get('edge_mer_version', '?')}, "
-             f"commit {report.get('git_commit', 'unknown')}).", "",
+             f"commit {report.get('git_commit', 'unknown')}). Modalities: {', '.join(manifest['modalities'])}; "
+             f"labels: {', '.join(manifest['labels'])}.", "",
+             "## Headline: what it reaches on a person it has never seen", "",
+             *_card_evaluation(report.get("evaluation")),
              "## What it is", ""]
     clips = (f"{data['clips']} clips of {data['speakers']} speakers from {', '.join(data['datasets']) or 'the cache'} "
              f"(`{data['cache']}`; clips per stream: {', '.join(f'{k} {v}' for k, v in data['per_stream'].items())})")
@@ -332,27 +355,51 @@ def model_card(manifest: dict, report: dict, command: str) -> str:
     if report.get("left_out"):
         lines += ["", "Left out: " + "; ".join(f"{k} ({v})" for k, v in report["left_out"].items()) + "."]
     heads = report["heads"]
+    fit_how = ("each speaker's labelled recordings joined into one session (random order, 0.5 s pauses), replayed "
+               "through the runtime's own stages" if report.get("sessions") else
+               "`edge-mer run --fast --emit-features` on the staged bundle")
     lines += ["", "## Heads", "",
-              f"Labels: {', '.join(manifest['labels'])}. Fitted on the runtime's own window features (`edge-mer run --fast "
-              f"--emit-features` on the staged bundle) of {report['labelled_recordings']} labelled recordings of "
-              f"{report['labelled_speakers']} speaker(s) from `{report['labels_file']}`; per-user and population heads.", "",
-              "| modality | windows | windows per label | window UA | measured on |", "|---|---:|---|---:|---|"]
+              f"Labels: {', '.join(manifest['labels'])}. Heads fitted on the runtime's own window features ({fit_how}) of "
+              f"{report['labelled_recordings']} labelled recordings of {report['labelled_speakers']} speaker(s) from "
+              f"`{report['labels_file']}`: per-user and population heads.", "",
+              "| modality | head | windows | windows per label | C | temperature | UA | measured on |",
+              "|---|---|---:|---|---:|---:|---:|---|"]
     for m, h in heads.items():
         if "skipped" in h:
-            lines.append(f"| {m} | – | – | – | no head: {h['skipped']} |")
+            lines.append(f"| {m} | none | – | – | – | – | – | {h['skipped']} |")
+        elif h.get("source") == "MELD transcripts":
+            lines.append(f"| {m} | logistic regression on MELD train transcripts ({h['train']}), MELD's classes mapped onto "
+                         f"the labels ({', '.join(f'{k} <- {v}' for k, v in h['label_of'].items() if k != v)}) | – | – | "
+                         f"{h['C']} (MELD dev) | – | {report['precision'][m].get(h['fitted_on'], '–')} | "
+                         f"MELD test, {h['test']} utterances, 7 classes |")
+        elif "source" in h:
+            lines.append(f"| {m} | {h['source']} | – | – | – | – | – | – |")
+        elif "per_user" in h:
+            u, pop = h["per_user"], h["population"]
+            lines.append(f"| {m} | per-user / population | {h['training_windows']} | – | {u['C']} / {pop['C']} | "
+                         f"{u['temperature']} / {pop['temperature']} | {u['oof_window_ua']:.1f} / {pop['oof_window_ua']:.1f} | "
+                         "out-of-fold windows, speaker-grouped |")
         else:
-            lines.append(f"| {m} | {h['windows']} | {', '.join(f'{k} {v}' for k, v in h['windows_per_label'].items())} | "
+            lines.append(f"| {m} | per-user / population | {h['windows']} | "
+                         f"{', '.join(f'{k} {v}' for k, v in h['windows_per_label'].items())} | {h['C']} | – | "
                          f"{h['window_ua']:.1f} | {h['window_ua_on']} |")
     lines += ["", "A label a modality never saw gets a fixed logit of −30 there: that modality leaves it to the others.",
               "These window figures are a sanity check on the labelled recordings, not an accuracy claim: measure the bundle "
               "on people it has never seen (`python -m training.eval.probe`, or a replay of held-out recordings).", "",
-              "## Precision", "", f"Rule: INT8 ships as the default when its window UA is within {MAX_UA_DROP:g} point of fp32's.", "",
-              "| modality | fp32 | int8 | shipped |", "|---|---:|---:|---|"]
+              "## Precision", "", f"Rule: INT8 ships as the default when its UA (measured as the last column says) is within {MAX_UA_DROP:g} point of fp32's.", "",
+              "| modality | UA fp32 | UA int8 | shipped | UA measured on | size MB (fp32 / int8) | latency ms (fp32 / int8) |",
+              "|---|---:|---:|---|---|---|---|"]
     for m, p in report["precision"].items():
-        lines.append(f"| {m} | {p.get('fp32', '–')} | {p.get('int8', '–')} | {p['shipped']} |")
+        size, lat = p.get("size_mb", {}), p.get("latency_ms", {})
+        lines.append(f"| {m} | {p.get('fp32', '–')} | {p.get('int8', '–')} | {p['shipped']} | {p.get('on', 'held-out windows')} | "
+                     f"{size.get('fp32', '–')} / {size.get('int8', '–')} | {lat.get('fp32', '–')} / {lat.get('int8', '–')} |")
+    lines += ["", "Latency: median of 30 single-thread ONNX Runtime CPU runs of one input on the build machine, after 5 "
+              "warm-up runs (a loaded machine reads slower; `edge-mer bench` measures the whole pipeline)."]
     lines += ["", "## Licences", ""]
     for k, v in report["licences"].items():
         lines.append(f"- {k}: {v}")
+    if notes:
+        lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -364,6 +411,7 @@ def licences(report: dict) -> dict[str, str]:
     for ds in report["pretraining_data"]["datasets"]:
         out[f"{role} '{ds}'"] = DATA_LICENCES.get(ds, "your recordings: the terms under which you hold them")
     out["labelled recordings (heads)"] = "as the recordings in " + report["labels_file"]
+    out.update(report.get("corpus_licences", {}))
     out.update(DETECTOR_LICENCES)
     return out
 
@@ -371,14 +419,76 @@ def licences(report: dict) -> dict[str, str]:
 # --------------------------------------------------------------------------- the build
 
 
+def speaker_number(speaker: str) -> int:
+    """A manifest's speaker as the integer that seeds the order of their session (a number stays
+    itself, so RAVDESS actor 7 is 7; any other name a stable hash)."""
+    import zlib
+
+    return int(speaker) if speaker.isdigit() else zlib.crc32(speaker.encode("utf-8")) & 0x7FFFFFFF
+
+
+def session_recordings(media: Sequence[LabelledMedia], folder: Path, seed: int = 0, pause_s: float = 0.5) -> list:
+    """Each speaker's labelled recordings joined into one session (:func:`training.eval.recordings.speaker_recording`:
+    a random order fixed by (seed, speaker), ``pause_s`` of silence between them), written under
+    ``folder`` (reused when present: a session depends only on its speaker's clips and the seed)."""
+    from training.eval.recordings import LabelledClip, speaker_recording
+
+    clips = [LabelledClip(m.path, speaker_number(m.speaker), m.label, m.clip_id) for m in media]
+    numbers = {}
+    for m in media:
+        numbers.setdefault(speaker_number(m.speaker), set()).add(m.speaker)
+    clash = [names for names in numbers.values() if len(names) > 1]
+    if clash:
+        raise ConfigError(f"speakers {sorted(clash[0])} map to one session number; rename one of them")
+    return [speaker_recording(clips, n, Path(folder) / f"speaker{n:02d}.wav", seed, pause_s) for n in sorted(numbers)]
+
+
+def _card_evaluation(path: Path | None) -> list[str]:
+    """The bundle-level evaluation's figures (``python -m training.eval.bundle_cv``) for the card."""
+    if path is None:
+        return ["No bundle-level evaluation was given (`--evaluation`): the figures below are sanity checks on the "
+                "labelled data, not figures of people the bundle has never seen.", ""]
+    r = json.loads(Path(path).read_text())
+    s = r["summary"]
+
+    def ms(key: str, digits: int = 1) -> str:
+        v = s.get(key, {"mean": float("nan"), "std": float("nan")})
+        return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
+
+    cold = [k for k in s if k.startswith("cold_start/")]
+    folds = r.get("folds", [])
+    return [
+        f"Measured with `{r['command']}` ({r['seconds'] / 60:.0f} min; `{path}`): for each of {len(folds) or 'the'} "
+        "speaker-independent folds a bundle of this recipe was built from the fold's training speakers only, and "
+        "each unseen speaker was replayed through `edge-mer run --audio FILE --fast` with the shipped settings. Clip UA: "
+        "a clip's label is the arg-max of the mean probabilities of the windows overlapping it most.", "",
+        "| a new person | clip UA % | window UA % | window ECE |", "|---|---|---|---|",
+        f"| one recording per person (clips in random order, 0.5 s pauses) | {ms('continuous/shipped/clip_ua')} | "
+        f"{ms('continuous/shipped/window_ua')} | {ms('continuous/shipped/window_ece', 3)} |",
+        f"| each clip alone, a fresh run (cold start) | {ms('fresh/shipped/clip_ua')} | {ms('fresh/shipped/window_ua')} | "
+        f"{ms('fresh/shipped/window_ece', 3)} |", "",
+        "How fast it settles (clip UA % of the clips starting in each span of a person's recording): "
+        + ", ".join(f"{k.split('/', 1)[1]}: {ms(k)}" for k in cold) + ".", ""]
+
+
 def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | Path, out: str | Path,
                      name: str | None = None, int8: bool = True, c: float = 1.0, label_set: Sequence[str] | None = None,
-                     overwrite: bool = True, command: str = PROG, asr: str = "whisper") -> dict:
-    """Build ``out`` from the run (see the module docstring). Returns the build report."""
+                     overwrite: bool = True, command: str = PROG, asr: str = "whisper",
+                     heads: Mapping[str, Any] | None = None, sessions: bool = False, session_seed: int = 0,
+                     sessions_dir: str | Path | None = None, only_shipped: bool = False,
+                     evaluation: str | Path | None = None, licences_extra: Mapping[str, str] | None = None,
+                     notes: str = "") -> dict:
+    """Build ``out`` from the run (see the module docstring). Returns the build report.
+
+    ``heads`` maps a modality to its :class:`export.head_sources.HeadSource` (default: fitted on
+    the labelled recordings' windows). ``sessions``: the audio heads are fitted on each speaker's
+    labelled recordings joined into one session (speaker-grouped CV for C, temperature-calibrated;
+    :func:`export.audio_bundle.session_heads`), the default bundle's recipe."""
     import torch
 
     from edge_mer.stream.app import one_blas_thread
     from export.bundle_builder import git_commit
+    from export.head_sources import MELD_LICENCE, HeadSource, face_mapping_head, meld_text_head
     from training.checkpoint import read_meta
     from training.eval.probe import run_config
 
@@ -392,6 +502,19 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
         raise ConfigError(f"{labels_file}: labels {unknown} are not in the label set {list(labels)}")
     torch.set_num_threads(1)
     sources, enc_report = encoder_sources(run_dir, cfg, str(cache), int8)
+    modalities = [s.modality.value for s in sources]
+    head_src = {m: HeadSource() for m in modalities}
+    for m, src in (heads or {}).items():
+        if m not in head_src:
+            raise ConfigError(f"--head {m}=...: the run has no {m} encoder for a bundle (it has: {', '.join(modalities)})")
+        head_src[m] = src
+    fitted = [m for m in modalities if head_src[m].kind == "windows"]
+    if sessions and [m for m in fitted if m != "audio"]:
+        raise ConfigError(f"--sessions fits audio heads only; give {', '.join(m for m in fitted if m != 'audio')} another "
+                          "head source (--head face=mapping, --head text=meld:DIR) or drop --sessions")
+    if sessions and len({m.speaker for m in media}) < 2:
+        raise ConfigError(f"{labels_file}: --sessions chooses C by speaker-grouped cross-validation and needs labelled "
+                          f"recordings of at least 2 speakers (found {len({m.speaker for m in media})}); drop --sessions")
     audio = next((s for s in sources if s.modality is Modality.AUDIO), None)
     if audio is not None:
         cfg = dataclasses.replace(cfg, audio=AudioCfg(**audio.feature_cfg))
@@ -404,8 +527,9 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
         "pretraining_data": _data_summary(str(cache)), **enc_report,
         "labels_file": str(labels_file), "labelled_recordings": len(media),
         "labelled_speakers": len({m.speaker for m in media}), "labels": list(labels),
+        "head_sources": {m: head_src[m].kind + (f":{head_src[m].path}" if head_src[m].path else "") for m in modalities},
+        "sessions": {"seed": session_seed, "pause_s": 0.5} if sessions else None,
     }
-    modalities = [s.modality.value for s in sources]
     work = out.parent
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=f".{out.name}.build-") as scratch:
@@ -417,33 +541,99 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
         stage, export_report = build_bundle(Path(scratch) / "bundle", spec)
         report["export_checks"] = export_report
         precisions = {m: list(stage.encoder(m)["variants"]) for m in modalities}
-        replay_asr = asr if "text" in modalities else None
-        report["replay_asr"] = replay_asr
-        windows = {p: collect_windows(stage.root, media, modalities, p, replay_asr) for p in sorted({p for v in precisions.values() for p in v})}
         report["heads"], report["precision"] = {}, {}
-        with one_blas_thread():
-            for m in modalities:
-                prepared = {p: head_inputs(windows[p][m], labels, cfg, c) for p in precisions[m]
-                            if m in windows[p] and len(set(windows[p][m].y)) >= 2}
-                ua = {p: round(h.ua, 2) for p, h in prepared.items()}
-                shipped = "int8" if "int8" in ua and "fp32" in ua and ua["fp32"] - ua["int8"] <= MAX_UA_DROP else "fp32"
-                report["precision"][m] = {**ua, "shipped": shipped}
-                if shipped not in prepared:
-                    ws = windows[shipped].get(m)
-                    why = "no labelled window had this modality" if ws is None else f"only the label {sorted(set(ws.y))} in its windows"
-                    report["heads"][m] = {"skipped": why}
-                    raise BundleError(f"{labels_file}: cannot fit the {m} head: {why} "
-                                      f"(label recordings that show it, or retrain without {m})")
-                user_head, pop_head, info = modality_heads(prepared[shipped], labels, c)
-                report["heads"][m] = info
-                write_modality_heads(stage, m, user_head, pop_head, prepared[shipped].prior)
+        measured = set()  # modalities whose shipped precision a measured rule chose
+        if sessions and fitted:
+            from export.audio_bundle import session_heads
+
+            folder = Path(sessions_dir) if sessions_dir else Path(scratch) / "sessions"
+            recordings = session_recordings(media, folder, session_seed)
+            with one_blas_thread():
+                fit = session_heads(stage.root, recordings, precisions["audio"], cfg.runtime, labels)
+            report["heads"]["audio"] = {**fit.heads, "fit": "speaker sessions: C by speaker-grouped CV, temperature-calibrated"}
+            report["precision"]["audio"] = {**fit.precision["oof_window_ua"], "shipped": fit.shipped,
+                                            "on": "out-of-fold window UA, speaker-grouped"}
+            write_modality_heads(stage, "audio", fit.user, fit.population, fit.prior)
+            stage.manifest["encoders"]["audio"]["default_precision"] = fit.shipped
+            measured.add("audio")
+        elif fitted:
+            replay_asr = asr if "text" in fitted else None
+            report["replay_asr"] = replay_asr
+            windows = {p: collect_windows(stage.root, media, fitted, p, replay_asr)
+                       for p in sorted({p for m in fitted for p in precisions[m]})}
+            with one_blas_thread():
+                for m in fitted:
+                    prepared = {p: head_inputs(windows[p][m], labels, cfg, c) for p in precisions[m]
+                                if m in windows[p] and len(set(windows[p][m].y)) >= 2}
+                    ua = {p: round(h.ua, 2) for p, h in prepared.items()}
+                    shipped = "int8" if "int8" in ua and "fp32" in ua and ua["fp32"] - ua["int8"] <= MAX_UA_DROP else "fp32"
+                    report["precision"][m] = {**ua, "shipped": shipped}
+                    if shipped not in prepared:
+                        ws = windows[shipped].get(m)
+                        why = "no labelled window had this modality" if ws is None else f"only the label {sorted(set(ws.y))} in its windows"
+                        report["heads"][m] = {"skipped": why}
+                        raise BundleError(f"{labels_file}: cannot fit the {m} head: {why} "
+                                          f"(label recordings that show it, or retrain without {m})")
+                    user_head, pop_head, info = modality_heads(prepared[shipped], labels, c)
+                    report["heads"][m] = info
+                    write_modality_heads(stage, m, user_head, pop_head, prepared[shipped].prior)
+                    stage.manifest["encoders"][m]["default_precision"] = shipped
+                    measured.add(m)
+        for m in modalities:
+            src = head_src[m]
+            if src.kind == "mapping":
+                enc = stage.encoder(m)
+                write_plain_head(stage, m, face_mapping_head(enc["name"], labels, int(enc["feature_dim"])))
+                from export.face_branch import FER_SOURCE
+
+                moved = ", ".join(f"{k} <- {FER_SOURCE[k]}" for k in labels if FER_SOURCE.get(k, k) != k)
+                report["heads"][m] = {"source": f"fer's 7 FER2013 classes mapped onto the labels ({moved}; calm shares "
+                                                "neutral's probability); no label fitted"}
+                report["precision"][m] = {"shipped": "fp32", "on": "no labels to measure INT8 against: fp32"}
+            elif src.kind == "meld":
+                files = {p: stage.root / stage.encoder(m)["variants"][p]["file"] for p in precisions[m]}
+                with one_blas_thread():
+                    mh = meld_text_head(files, cfg.text, src.path, labels, src.limit)
+                shipped = "int8" if "int8" in mh.ua and "fp32" in mh.ua and mh.ua["fp32"] - mh.ua["int8"] <= MAX_UA_DROP else (
+                    "fp32" if "fp32" in mh.ua else "int8")
+                write_plain_head(stage, m, mh.head)
                 stage.manifest["encoders"][m]["default_precision"] = shipped
-        report["licences"] = licences(report)
+                report["heads"][m] = {"source": "MELD transcripts", **mh.info}
+                report["precision"][m] = {**mh.ua, "shipped": shipped, "on": "MELD test UA (7 MELD classes)"}
+                report.setdefault("corpus_licences", {})[f"{m} head ({MELD_LICENCE[0]})"] = MELD_LICENCE[1]
+                measured.add(m)
+        from export.quantize import latency_ms
+
+        for src_ in sources:  # size and single-thread CPU latency of every variant (one parity input)
+            m = src_.modality.value
+            example = {k: v[:1].numpy() for k, v in src_.parity_inputs.items()}
+            for p, v in stage.manifest["encoders"][m]["variants"].items():
+                f = stage.root / v["file"]
+                report["precision"].setdefault(m, {}).setdefault("size_mb", {})[p] = round(f.stat().st_size / 1e6, 2)
+                report["precision"][m].setdefault("latency_ms", {})[p] = round(latency_ms(f, example), 2)
+        if only_shipped:  # every precision was compared above; the device needs only the one that ships
+            for m in sorted(measured):
+                variants = stage.manifest["encoders"][m]["variants"]
+                for p in [p for p in variants if p != stage.manifest["encoders"][m]["default_precision"]]:
+                    (stage.root / variants.pop(p)["file"]).unlink()
+        if audio is not None:  # real encoder inputs for TensorRT's INT8 calibrator (export/build_engines.py)
+            with atomic_open(stage.root / "calibration" / "audio.npz", "wb") as fh:
+                np.savez_compressed(fh, **{k: v.numpy().astype(np.float16) for k, v in audio.parity_inputs.items()})
+            stage.manifest["calibration"] = {"audio": file_entry(stage.root, "calibration/audio.npz",
+                                                                 note=f"audio encoder inputs of {len(enc_report['encoders']['audio']['parity_clips'])} cache clips")}
+        report["licences"] = {**licences(report), **(licences_extra or {})}
+        report["evaluation"] = str(evaluation) if evaluation else None
         manifest = stage.manifest
         manifest["provenance"]["build"] = json.loads(json.dumps(report, default=float))
         manifest["provenance"]["licences"] = report["licences"]
+        if evaluation:
+            sm = json.loads(Path(evaluation).read_text())["summary"]
+            manifest["provenance"]["metrics"] = {
+                "bundle_cv_clip_ua_unseen_people": sm["continuous/shipped/clip_ua"]["mean"],
+                "bundle_cv_clip_ua_fresh_runs": sm["fresh/shipped/clip_ua"]["mean"],
+                "bundle_cv_window_ece": sm["continuous/shipped/window_ece"]["mean"]}
         atomic_write_text(stage.root / "build_report.json", json.dumps(report, indent=2, default=float) + "\n")
-        atomic_write_text(stage.root / "MODEL_CARD.md", model_card(manifest, report, command))
+        atomic_write_text(stage.root / "MODEL_CARD.md", model_card(manifest, report, command, notes))
         write_manifest(stage.root, manifest)
         Bundle.load(stage.root)
         with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -465,6 +655,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="ship fp32 only")
     p.add_argument("--asr", choices=("whisper", "vosk"), default="whisper",
                    help="speech-to-text of the replays that fit a text head (vosk needs text.vosk_model in the run's config)")
+    p.add_argument("--head", action="append", default=[], metavar="MODALITY=SOURCE",
+                   help="where a modality's head comes from instead of the labelled windows: face=mapping (fer's own "
+                        "classes), text=meld:DIR (MELD transcripts); repeatable")
+    p.add_argument("--sessions", action="store_true",
+                   help="fit the audio heads on each speaker's labelled recordings joined into one session, C by "
+                        "speaker-grouped CV, temperature-calibrated (the default bundle's recipe; needs >= 2 speakers)")
+    p.add_argument("--session-seed", type=int, default=0, help="seed of the clip order in the sessions (default 0)")
+    p.add_argument("--sessions-dir", help="where the session recordings are written and reused (default: a scratch folder)")
+    p.add_argument("--only-shipped", action="store_true",
+                   help="drop the encoder variants whose precision was measured and not chosen (smaller bundle)")
+    p.add_argument("--evaluation", help="results.json of a bundle-level evaluation of this recipe "
+                                        "(python -m training.eval.bundle_cv) for the model card's headline")
+    p.add_argument("--corpus-limit", type=int, default=0, help="subsample a corpus head's training split (0 = all; quick builds)")
+    p.add_argument("--licence", action="append", default=[], metavar="WHAT=TERMS",
+                   help="a licence line for the model card (e.g. of the labelled recordings); repeatable")
+    p.add_argument("--notes", help="a Markdown file appended to the model card (limits, intended use)")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -472,11 +678,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)  # the build's own progress; the runtime's only with -v
     try:
+        from export.head_sources import parse_head_sources
+
+        heads = {m: dataclasses.replace(h, limit=args.corpus_limit) for m, h in parse_head_sources(args.head).items()}
+        extra = {}
+        for item in args.licence:
+            what, sep, terms = item.partition("=")
+            if not sep or not what.strip() or not terms.strip():
+                raise ConfigError(f"--licence {item!r}: expected WHAT=TERMS")
+            extra[what.strip()] = terms.strip()
+        notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
         report = build_run_bundle(args.run, args.cache, args.labels, args.out, args.name, not args.no_int8, args.c,
                                   [s for s in args.label_set.split(",") if s] if args.label_set else None,
-                                  command=f"{PROG} {' '.join(sys.argv[1:] if argv is None else argv)}", asr=args.asr)
-    except (EdgeMerError, ValueError) as exc:
+                                  command=f"{PROG} {shlex.join(list(sys.argv[1:] if argv is None else argv))}", asr=args.asr,
+                                  heads=heads, sessions=args.sessions, session_seed=args.session_seed,
+                                  sessions_dir=args.sessions_dir, only_shipped=args.only_shipped,
+                                  evaluation=args.evaluation, licences_extra=extra, notes=notes)
+    except (EdgeMerError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     mods = ", ".join(f"{m} ({p['shipped']})" for m, p in report["precision"].items())

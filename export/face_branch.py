@@ -11,8 +11,9 @@ A head fitted with a few labels over the 128 pooled features is the other option
 evaluation (``python -m training.eval.av_clips``) measures both on the labelled audio-visual clips.
 
 :func:`add_face_branch` adds the branch (encoder variants, head, licences, fusion weights) to an
-already built bundle, atomically, so the audio and text branches stay byte-identical;
-``export/make_default_bundle.py --face-only`` uses it on the default bundle.
+already built bundle, atomically, so the audio and text branches stay byte-identical. (The default
+bundle gets its face branch from ``python -m export.build_bundle --head face=mapping``, with the
+same mapping head.)
 
 A face encoder pretrained by ``python -m training.train`` (label-free, e.g. aligned with the voice
 by ``configs/face_audio_pairwise.toml``) goes into a bundle with :func:`pretrained_face_source`

