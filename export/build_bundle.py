@@ -386,7 +386,7 @@ def model_card(manifest: dict, report: dict, command: str, notes: str = "") -> s
     lines += ["", "A label a modality never saw gets a fixed logit of −30 there: that modality leaves it to the others.",
               "These window figures are a sanity check on the labelled recordings, not an accuracy claim: measure the bundle "
               "on people it has never seen (`python -m training.eval.probe`, or a replay of held-out recordings).", "",
-              "## Precision", "", f"Rule: INT8 ships as the default when its UA (measured as the last column says) is within {MAX_UA_DROP:g} point of fp32's.", "",
+              "## Precision", "", f"Rule: INT8 ships as the default when its UA (measured as the column 'UA measured on' says) is within {MAX_UA_DROP:g} point of fp32's.", "",
               "| modality | UA fp32 | UA int8 | shipped | UA measured on | size MB (fp32 / int8) | latency ms (fp32 / int8) |",
               "|---|---:|---:|---|---|---|---|"]
     for m, p in report["precision"].items():
