@@ -136,18 +136,26 @@ def center_windows(logmels: Sequence[np.ndarray], frames: int, count: int) -> np
     return np.stack(out).astype(np.float32)
 
 
-def pretrain(plan: AudioBundlePlan) -> Path:
-    """Label-free pairwise pretraining on the plan's actors with the release config (resumes)."""
-    from training import preprocess, train
+def ravdess_audio_cache(work: Path, data: Path) -> Path:
+    """``work/cache/ravdess_audio``: the RAVDESS speech clips under ``data`` preprocessed (audio only; resumes)."""
+    from training import preprocess
 
-    cache = plan.work / "cache" / "ravdess_audio"
-    au_csv = plan.data / "ravdess" / "openface_au" / "au_audio_per_clip.csv"
-    if not au_csv.is_file():
-        raise EdgeMerError(f"{au_csv}: the face action units the release pretraining pairs with audio are missing")
-    rc = preprocess.main(["--dataset", f"ravdess={plan.data / 'ravdess' / 'audio_speech'}", "--out", str(cache),
+    cache = Path(work) / "cache" / "ravdess_audio"
+    rc = preprocess.main(["--dataset", f"ravdess={Path(data) / 'ravdess' / 'audio_speech'}", "--out", str(cache),
                           "--streams", "audio", "--no-progress", "--workers", "2"])
     if rc != 0:
         raise EdgeMerError(f"preprocessing RAVDESS into {cache} failed (exit {rc})")
+    return cache
+
+
+def pretrain(plan: AudioBundlePlan) -> Path:
+    """Label-free pairwise pretraining on the plan's actors with the release config (resumes)."""
+    from training import train
+
+    au_csv = plan.data / "ravdess" / "openface_au" / "au_audio_per_clip.csv"
+    if not au_csv.is_file():
+        raise EdgeMerError(f"{au_csv}: the face action units the release pretraining pairs with audio are missing")
+    cache = ravdess_audio_cache(plan.work, plan.data)
     run = plan.work / "runs" / f"pretrain_actors_{_actor_tag(plan.actors)}"
     args = ["--cache", str(cache), "--au-csv", str(au_csv), "--actors", ",".join(map(str, plan.actors)), "--out", str(run)]
     for path in plan.config_files:
@@ -414,6 +422,14 @@ def build_audio_bundle(out: str | Path, plan: AudioBundlePlan, cfg: Config, over
     return report
 
 
+def shipped_precision(ua: dict[str, float]) -> str:
+    """The INT8 rule of every bundle: INT8 ships when its UA is within :data:`MAX_UA_DROP` of fp32's
+    (fp32 otherwise; the one measured precision when there is only one)."""
+    if "int8" in ua and "fp32" in ua:
+        return "int8" if ua["fp32"] - ua["int8"] <= MAX_UA_DROP else "fp32"
+    return "fp32" if "fp32" in ua or not ua else next(iter(ua))
+
+
 @dataclass
 class SessionHeads:
     """The audio heads fitted on speaker sessions (:func:`session_heads`)."""
@@ -443,7 +459,7 @@ def session_heads(stage_root: Path, recordings: Sequence[Recording], variants: S
         logits = out_of_fold_logits(inputs[p][1][keep], ws.y[keep], ws.actor[keep], 0.1, labels)
         oof[p] = round(unweighted_accuracy(list(ws.y[keep]), [labels[i] for i in logits.argmax(axis=1)]), 2)
     log.info("out-of-fold window UA per precision: %s", oof)
-    shipped = "int8" if "int8" in oof and oof["fp32"] - oof["int8"] <= MAX_UA_DROP else "fp32"
+    shipped = shipped_precision(oof)
     ws = windows[shipped]
     prior, user, pop = inputs[shipped]
     keep = ws.y != ""

@@ -59,7 +59,7 @@ from edge_mer.config import AudioCfg, Config
 from edge_mer.errors import BundleError, ConfigError, EdgeMerError
 from edge_mer.io import atomic_dir, atomic_open, atomic_write_text
 from edge_mer.modality import Modality
-from export.audio_bundle import MAX_UA_DROP  # one INT8 rule for every bundle
+from export.audio_bundle import MAX_UA_DROP, shipped_precision  # one INT8 rule for every bundle
 from export.bundle_builder import BundleSpec, EncoderSource, build_bundle
 from export.heads import LinearProbe, fit_linear_head, write_head
 
@@ -295,19 +295,18 @@ def write_plain_head(stage: Bundle, modality: str, head: LinearProbe) -> None:
 
 
 def write_modality_heads(stage: Bundle, modality: str, user_head: LinearProbe, pop_head: LinearProbe, prior) -> None:
+    """The per-user head (:func:`write_plain_head`) with its input normalisation's prior and the population head."""
     from export.onnx_export import io_entries
 
-    root, manifest = stage.root, stage.manifest
-    write_head(user_head, root / "heads" / f"{modality}.onnx", name=f"head_{modality}")
+    root = stage.root
+    write_plain_head(stage, modality, user_head)
     write_head(pop_head, root / "heads" / f"{modality}.population.onnx", name=f"head_{modality}_population")
     with atomic_open(root / "heads" / f"{modality}.user_norm.npz", "wb") as fh:
         np.savez(fh, mean=prior[0].astype(np.float32), std=prior[1].astype(np.float32))
-    entry = file_entry(root, f"heads/{modality}.onnx", type="softmax_linear", modalities=[modality],
-                       **io_entries(root / "heads" / f"{modality}.onnx"))
+    entry = stage.manifest["heads"][modality]
     entry["input_norm"] = file_entry(root, f"heads/{modality}.user_norm.npz", type="per_user")
     entry["population"] = file_entry(root, f"heads/{modality}.population.onnx", type="softmax_linear",
                                      **io_entries(root / "heads" / f"{modality}.population.onnx"))
-    manifest["heads"][modality] = entry
 
 
 # --------------------------------------------------------------------------- model card
@@ -566,7 +565,7 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
                     prepared = {p: head_inputs(windows[p][m], labels, cfg, c) for p in precisions[m]
                                 if m in windows[p] and len(set(windows[p][m].y)) >= 2}
                     ua = {p: round(h.ua, 2) for p, h in prepared.items()}
-                    shipped = "int8" if "int8" in ua and "fp32" in ua and ua["fp32"] - ua["int8"] <= MAX_UA_DROP else "fp32"
+                    shipped = shipped_precision(ua)
                     report["precision"][m] = {**ua, "shipped": shipped}
                     if shipped not in prepared:
                         ws = windows[shipped].get(m)
@@ -594,8 +593,7 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
                 files = {p: stage.root / stage.encoder(m)["variants"][p]["file"] for p in precisions[m]}
                 with one_blas_thread():
                     mh = meld_text_head(files, cfg.text, src.path, labels, src.limit)
-                shipped = "int8" if "int8" in mh.ua and "fp32" in mh.ua and mh.ua["fp32"] - mh.ua["int8"] <= MAX_UA_DROP else (
-                    "fp32" if "fp32" in mh.ua else "int8")
+                shipped = shipped_precision(mh.ua)
                 write_plain_head(stage, m, mh.head)
                 stage.manifest["encoders"][m]["default_precision"] = shipped
                 report["heads"][m] = {"source": "MELD transcripts", **mh.info}

@@ -116,7 +116,7 @@ def prepare(work: Path, data: Path, clips_per_actor: int = 0, run: Path | None =
             cache: Path | None = None) -> tuple[Path, Path, Path]:
     """(run, cache, labels manifest) of the default bundle, built under ``work`` (reused when
     present); a given ``run`` and ``cache`` (e.g. a label-free TCN run) replace the published one."""
-    from training import preprocess, train
+    from training import preprocess
     from training.eval.recordings import ravdess_speech_clips
 
     suffix = f"_{clips_per_actor}clips" if clips_per_actor else ""
@@ -130,12 +130,20 @@ def prepare(work: Path, data: Path, clips_per_actor: int = 0, run: Path | None =
                           "--streams", "audio,face,text", "--workers", "1", "--no-progress", "--config", str(PUBLISHED_CONFIG)])
     if rc != 0:
         raise EdgeMerError(f"preprocessing the audio-visual clips into {cache} failed (exit {rc})")
-    run = work / "runs" / "published_frozen"
+    return published_run(cache, work / "runs" / "published_frozen"), cache, labels
+
+
+def published_run(cache: Path, run: Path, overrides: Sequence[str] = ()) -> Path:
+    """``run``: the published networks frozen, written by ``training.train --config
+    configs/published_frozen.toml`` over ``cache`` (``train.epochs = 0``: no step; reused when present)."""
+    from training import train
+
     if not (run / "checkpoint.json").is_file():
-        rc = train.main(["--config", str(PUBLISHED_CONFIG), "--cache", str(cache), "--out", str(run)])
+        rc = train.main(["--config", str(PUBLISHED_CONFIG), "--cache", str(cache), "--out", str(run),
+                         *[a for o in overrides for a in ("--set", o)]])
         if rc != 0:
             raise EdgeMerError(f"writing the published-networks run {run} failed (exit {rc})")
-    return run, cache, labels
+    return run
 
 
 def _rel(path: Path) -> Path:

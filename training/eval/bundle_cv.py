@@ -168,20 +168,11 @@ def published_audio_run(work: Path, data: Path) -> tuple[Path, Path]:
     """(run, cache): the published Whisper tiny.en encoder, frozen, as a ``training.train`` run
     (``configs/published_frozen.toml``, audio only, ``train.epochs = 0``), over a RAVDESS audio cache
     (its inputs serve the export's parity checks only). Nothing is learned, so one run serves every fold."""
-    from export.make_default_bundle import PUBLISHED_CONFIG
-    from training import preprocess, train
+    from export.audio_bundle import ravdess_audio_cache
+    from export.make_default_bundle import published_run
 
-    cache = work / "cache" / "ravdess_audio"
-    rc = preprocess.main(["--dataset", f"ravdess={data / 'ravdess' / 'audio_speech'}", "--out", str(cache),
-                          "--streams", "audio", "--no-progress", "--workers", "2"])
-    if rc != 0:
-        raise EdgeMerError(f"preprocessing RAVDESS into {cache} failed (exit {rc})")
-    run = work / "runs" / "published_frozen_audio"
-    if not (run / "checkpoint.json").is_file():
-        rc = train.main(["--config", str(PUBLISHED_CONFIG), "--cache", str(cache), "--out", str(run),
-                         "--set", 'train.modalities=["audio"]'])
-        if rc != 0:
-            raise EdgeMerError(f"writing the published-networks run {run} failed (exit {rc})")
+    cache = ravdess_audio_cache(work, data)
+    run = published_run(cache, work / "runs" / "published_frozen_audio", ['train.modalities=["audio"]'])
     return run, cache
 
 
