@@ -81,8 +81,9 @@ def ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     ids = [f"synth/c{i:02d}" for i in range(16)]
     store = ClipStore(logmels={i: rng.normal(size=(128, 120)).astype(np.float32) for i in ids},
                       vectors={"au": {i: rng.normal(size=35).astype(np.float32) for i in ids}})
-    info = init_distributed("cpu")
+    info, finished = init_distributed("cpu"), False
     try:
         pretrain(load_config([], small_overrides(["audio", "au"], epochs=2, batch=2, val=0.25)), PretrainData(store, ids), out, info=info)
+        finished = True
     finally:
-        shutdown(info)
+        shutdown(info, synchronize=finished)

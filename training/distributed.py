@@ -75,6 +75,13 @@ def barrier(info: DistInfo) -> None:
         torch_dist.barrier()
 
 
-def shutdown(info: DistInfo) -> None:
+def shutdown(info: DistInfo, synchronize: bool = True) -> None:
+    """End the process group. With ``synchronize`` (a rank that finished its work normally) the
+    ranks first meet at a barrier, so that no rank tears its gloo pairs down while another is still
+    in its last collective (that race aborted a worker now and then with "terminate called without
+    an active exception"); a rank leaving on an error skips it rather than wait for ranks that
+    may never come."""
     if info.distributed and torch_dist.is_initialized():
+        if synchronize:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()

@@ -706,7 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    info = None
+    info, finished = None, False
     try:
         cfg = load_config(args.config, args.overrides)
         info = init_distributed(cfg.train.device)
@@ -714,12 +714,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = pretrain(cfg, data, args.out, resume=not args.no_resume, info=info)
         if info.is_main and data.input_prior:
             write_input_prior(args.out, data.input_prior)
+        finished = True
     except EdgeMerError as exc:
         print(f"training.train: error: {exc}", file=sys.stderr)
         return exc.exit_code
     finally:
         if info is not None:
-            shutdown(info)
+            shutdown(info, synchronize=finished)
     if info.is_main:
         selected = "last epoch (no validation clips)" if summary["val_clips"] == 0 else f"best val loss {summary['best_val_loss']}"
         print(f"checkpoint {summary['out_dir']}: {selected}, {summary['steps']} steps")
