@@ -66,6 +66,8 @@ class FaceCfg:
     detect_every_n: int = 10  # runtime: run MTCNN on every Nth analysed frame, track boxes in between
     min_face_fraction: float = 0.15  # runtime: also skip faces smaller than this fraction of the frame's shorter side
     sample_fps: float = 10.0  # preprocessing: video frames per second decoded for the cache's face crops and landmarks
+    blur_sharp: float = 0.75  # runtime: crop blur (edge_mer.face.quality) up to which a face keeps its whole weight
+    blur_max: float = 0.93  # runtime: crop blur at which a face's weight reaches 0
 
 
 @dataclass(frozen=True)

@@ -83,14 +83,18 @@ def test_smoother_time_constant():
 def test_event_schema_and_text_only_on_request():
     window = Window(3, 1.5, 3.5)
     wf = WindowFeatures(absent={"text": "no words"}, faces=1, text="secret words",
-                        reliability={Modality.AUDIO: 0.875, Modality.FACE: 0.5})  # face present, not fused
+                        reliability={Modality.AUDIO: 0.875, Modality.FACE: 0.5},  # face present, not fused
+                        reliability_parts={Modality.FACE: {"coverage": 1.0, "frontal": 0.5}})
     pred = Prediction(np.array([0.25, 0.75]), ("audio",), {"audio": np.array([0.25, 0.75])})
     event = make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=False)
     assert event == {
         "window": 3, "t_start": 1.5, "t_end": 3.5, "label": "happy", "probs": {"calm": 0.2, "happy": 0.8},
         "probs_raw": {"calm": 0.25, "happy": 0.75}, "modalities": ["audio"], "per_modality": {"audio": {"calm": 0.25, "happy": 0.75}},
-        "absent": {"text": "no words"}, "reliability": {"audio": 0.875}, "faces": 1, "latency_ms": None,
+        "absent": {"text": "no words"}, "reliability": {"audio": 0.875}, "reliability_parts": {}, "faces": 1,
+        "latency_ms": None,
     }
+    fused = make_event(window, wf, Prediction(np.array([0.5, 0.5]), ("face", "audio"), {}), None, ["calm", "happy"], emit_text=False)
+    assert fused["reliability_parts"] == {"face": {"coverage": 1.0, "frontal": 0.5}}
     assert make_event(window, wf, pred, np.array([0.2, 0.8]), ["calm", "happy"], emit_text=True)["text"] == "secret words"
     empty = make_event(window, wf, Prediction(None, ()), None, ["calm", "happy"], emit_text=False)
     assert empty["label"] is None and empty["probs"] == {} and empty["probs_raw"] == {} and empty["modalities"] == []

@@ -252,6 +252,7 @@ def make_event(window: "Window", feats: "WindowFeatures", pred: Prediction, smoo
         "per_modality": {m: as_dict(p) for m, p in pred.per_modality.items()},
         "absent": dict(sorted(feats.absent.items())),
         "reliability": {m.value: round(float(r), 3) for m, r in feats.reliability.items() if m.value in pred.modalities},
+        "reliability_parts": {m.value: dict(p) for m, p in feats.reliability_parts.items() if m.value in pred.modalities},
         "faces": int(feats.faces),
         "latency_ms": None,
     }

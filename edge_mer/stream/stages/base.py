@@ -29,6 +29,7 @@ class WindowFeatures:
     features: dict[Modality, np.ndarray] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)  # modality -> why it is missing
     reliability: dict[Modality, float] = field(default_factory=dict)  # 0..1 per present modality (fusion weight)
+    reliability_parts: dict[Modality, dict[str, float]] = field(default_factory=dict)  # what a reliability is the product of
     faces: int = 0
     box: np.ndarray | None = None  # last face box of the window (for --display)
     landmarks: np.ndarray | None = None  # last landmarks of the window (for --display)

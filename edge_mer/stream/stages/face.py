@@ -4,9 +4,12 @@
   between; square crops (as preprocessing cuts them) for the face encoder; dlib 68-point
   landmarks inside the box; each frame observed once, whichever stage asks first;
 - :class:`FaceImageStage`: ``face.frames_per_window`` crops, uniformly sampled from the window's
-  frames with a face, through the face encoder; reliability = the fraction of the window's frames
-  with a face times ``min(1, face side / face.image_size)`` (a face smaller than the encoder's
-  input is upsampled: less to read);
+  frames with a face, through the face encoder; reliability = the product of four parts, each in
+  [0, 1] and each in the event's ``reliability_parts``: ``coverage`` (the fraction of the window's
+  frames with a face), ``size`` (``min(1, face side / face.image_size)``: a face smaller than the
+  encoder's input is upsampled, less to read), ``frontal`` (``cos`` of the head's yaw from
+  MTCNN's five points: a face turned away counts less) and ``sharpness`` (from the crops' blur,
+  ``face.blur_sharp`` .. ``face.blur_max``); :mod:`edge_mer.face.quality`;
 - :class:`LandmarkStage`: ``landmarks.frames_per_window`` landmark frames through the landmark
   encoder.
 """
@@ -22,6 +25,7 @@ import numpy as np
 from edge_mer.config import Config, FaceCfg, LandmarksCfg
 from edge_mer.errors import BundleError, EdgeMerError
 from edge_mer.face.landmarks import drop_jaw, normalise_minmax
+from edge_mer.face.quality import crop_blur, frontal_from_points, sharpness
 from edge_mer.modality import Modality
 from edge_mer.stream.stages.base import Stage, WindowFeatures, encoder_model
 from edge_mer.stream.stats import Stats
@@ -81,6 +85,7 @@ class FaceObservation:
     crop: np.ndarray | None = None  # RGB uint8 [S, S, 3]
     landmarks: np.ndarray | None = None  # float32 [68, 2] pixels
     detected: bool = False  # True when MTCNN ran on this frame, False when the box was tracked
+    frontal: float = 1.0  # cos(yaw) at the face's last detection (edge_mer.face.quality)
 
 
 class FaceTracker:
@@ -96,9 +101,11 @@ class FaceTracker:
         self._box: np.ndarray | None = None
         self._n_faces = 0
         self._template: np.ndarray | None = None
+        self.frontal = 1.0  # the tracked face's cos(yaw), from its last detection's five points
 
     def update(self, bgr: np.ndarray, stats: Stats) -> tuple[np.ndarray | None, int, bool]:
-        """``(box or None, faces in view, detected)`` for the next frame."""
+        """``(box or None, faces in view, detected)`` for the next frame; :attr:`frontal` is the
+        face's pose at its last detection."""
         import cv2
 
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
@@ -115,10 +122,11 @@ class FaceTracker:
                 self._box = tracked
                 return tracked, self._n_faces, False
         with stats.time("face_detect"):
-            boxes, _, _ = self.detector.detect(bgr)
+            boxes, _, points = self.detector.detect(bgr)
         self._since_detect = 0
         self._n_faces = len(boxes)
         self._box = boxes[0].copy() if len(boxes) else None  # MTCNN orders the largest first
+        self.frontal = frontal_from_points(points[0]) if len(boxes) else 1.0
         self._template = self._patch(gray, self._box) if self._box is not None else None
         return self._box, self._n_faces, True
 
@@ -191,7 +199,7 @@ class FaceObserver:
         obs.n_faces, obs.detected = n, detected
         if box is None:
             return obs
-        obs.box = box
+        obs.box, obs.frontal = box, self.tracker.frontal
         rgb = np.ascontiguousarray(frame.bgr[:, :, ::-1])
         if self.want_crops:
             obs.crop = crop_face(rgb, box, self.face_cfg.margin_px, self.face_cfg.image_size)
@@ -224,7 +232,13 @@ class FaceImageStage(Stage):
         clip = np.stack([crops[i].crop for i in idx]).astype(np.float32) / 255.0  # RGB in [0, 1]
         out.features[Modality.FACE] = self.encode({"face": clip.transpose(0, 3, 1, 2)[None]})
         side = float(np.median([max(o.box[2] - o.box[0], o.box[3] - o.box[1]) for o in crops]))
-        out.reliability[Modality.FACE] = round(len(crops) / len(obs) * min(1.0, side / self.cfg.image_size), 3)
+        with self.stats.time("face_quality"):
+            blur = float(np.median([crop_blur(crops[i].crop) for i in np.unique(idx)]))
+        parts = {"coverage": len(crops) / len(obs), "size": min(1.0, side / self.cfg.image_size),
+                 "frontal": float(np.median([crops[i].frontal for i in idx])),
+                 "sharpness": sharpness(blur, self.cfg.blur_sharp, self.cfg.blur_max)}
+        out.reliability_parts[Modality.FACE] = {k: round(v, 3) for k, v in parts.items()}
+        out.reliability[Modality.FACE] = round(float(np.prod(list(parts.values()))), 3)
 
 
 class LandmarkStage(Stage):
