@@ -2,6 +2,8 @@
 
     python scripts/paired_vs_protocol.py results/protocol_rankreg/per_run.json \
         results/protocol_seeds_all/per_run.json --out results/protocol_rankreg/paired
+    python scripts/paired_vs_protocol.py results/protocol_stats_mlp/per_run.json \
+        results/protocol_seeds_all/per_run.json --arm c_pair_stats_mlp --out results/protocol_stats_mlp/paired
 
 Pairs are (fold, seed): the new run's ``c_pair_*`` metric against the reference run's
 ``c_pair_*`` and ``a_random_*`` of the same (fold, seed), and against the reference's
@@ -50,6 +52,9 @@ def main() -> None:
     ap.add_argument("new", type=Path)
     ap.add_argument("reference", type=Path)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--arm", default="c_pair_audio",
+                    help="the new run's arm rows, in place of c_pair_audio (e.g. c_pair_stats_mlp: the pairwise MLP "
+                         "over the log-mel statistics); the reference rows stay as named")
     args = ap.parse_args()
     new, _ = ua_table(args.new)
     ref, ref_floors = ua_table(args.reference)
@@ -57,6 +62,11 @@ def main() -> None:
     lines = ["| arm − reference, UA points | (fold, seed) pairs: mean ± std, wins/losses/ties, sign p, Wilcoxon p | over folds: diffs, mean, Wilcoxon p |",
              "|---|---|---|"]
     for label, arm_key, ref_key in ROWS:
+        if args.arm != "c_pair_audio":
+            if ref_key.startswith("a_random_audio"):
+                continue  # another architecture's random init: the new run's own table pairs its arm with its own
+            arm_key = arm_key.replace("c_pair_audio", args.arm)
+            label = label.replace("new (c) audio", f"new {args.arm}")
         keys, arm, rv = [], [], []
         for (fold, seed), m in sorted(new.items()):
             if arm_key not in m:
