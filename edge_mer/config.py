@@ -185,7 +185,8 @@ class RuntimeCfg:
     threads: int = 0  # intra-op threads per ONNX Runtime session (0 = half the cores, 1 to 4)
     # The visual stages (face detection, face and landmark encoders) run on their own thread,
     # beside audio and text, for each window: the results are the same, the wall time the longer
-    # of the two instead of their sum.
+    # of the two instead of their sum. A window already waiting in the queue has its visual
+    # stages started while the current window's audio is read (in order, same results).
     parallel_stages: bool = True
     # Video frames larger than this on their longer side are scaled down as soon as they are
     # read (0 = never): memory and face-detection time stop growing with the resolution.

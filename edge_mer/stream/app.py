@@ -393,9 +393,10 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
         extractor.start()
         reader.start()
         last = (None, None, None)  # the latest event, box and landmarks (for --display between events)
+        ahead = None  # the next window, already taken from the queue so that its face work could start
         try:
             while signals.signum is None:
-                window = queue.get(timeout=0.5 if display is None else 1.0 / 30)
+                window, ahead = (ahead, None) if ahead is not None else (queue.get(timeout=0.5 if display is None else 1.0 / 30), None)
                 if signals.signum is not None:
                     break
                 if window is None:
@@ -408,6 +409,14 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
                 if window is _END:
                     break
                 dequeued_s = time.monotonic()
+                # A window already waiting: its visual stages start now, on their worker thread,
+                # behind this window's, while this window's audio is read (the events are the same;
+                # only the timing changes).
+                ahead = queue.get(timeout=0)
+                if ahead is not None and ahead is not _END:
+                    extractor.prefetch(window)
+                    if extractor.prefetch(ahead):
+                        stats.count("visual_ahead")
                 event, feats = _process(window, extractor, fusion, smoother, bundle.labels, emit_text, make_event, stats,
                                         args.emit_features)
                 # Live and real-speed sources: from the moment the window's end was captured.

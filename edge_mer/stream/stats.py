@@ -73,6 +73,7 @@ class Stats:
             "fps": self.counts.get("frames", 0) / wall if wall > 0 else 0.0,
             "windows": self.counts.get("windows", 0),
             "events": self.counts.get("events", 0),
+            "visual_ahead": self.counts.get("visual_ahead", 0),
             "audio_rtf": rtf,
             "drops": dict(self.drops),
             "notes": list(self.notes),
@@ -88,6 +89,8 @@ class Stats:
             lines.append(f"{name:<16}{st['count']:>7}{st['p50_ms']:>10.2f}{st['p95_ms']:>10.2f}")
         for name, value in s["audio_rtf"].items():
             lines.append(f"audio RTF {name}: {value:.3f} (processing time / audio time)")
+        if s["visual_ahead"]:
+            lines.append(f"windows whose visual stages started while the previous window's audio was read: {s['visual_ahead']}")
         drops = ", ".join(f"{k} {v}" for k, v in s["drops"].items()) or "none"
         lines.append(f"drops: {drops}")
         lines.extend(f"note: {text}" for text in s["notes"])

@@ -42,6 +42,8 @@ from edge_mer.stream.stats import Stats
 from edge_mer.stream.windower import Window
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from edge_mer.bundle import Bundle
 
 __all__ = [
@@ -68,6 +70,7 @@ class FeatureExtractor:
         self._visual = [s for s in stages if s.modality in (Modality.FACE, Modality.LANDMARKS)]
         self._other = [s for s in stages if s not in self._visual]
         self._pool = None
+        self._ahead: dict[int, tuple[Future, WindowFeatures]] = {}  # window index -> its visual part, started early
         if parallel and (self._visual or face_count is not None) and self._other:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -106,14 +109,27 @@ class FeatureExtractor:
                 log.warning("%s modality off for this run: %s", m, why)
         return cls(stages, absent, stats, face_count, parallel=cfg.runtime.parallel_stages)
 
-    def __call__(self, window: Window) -> WindowFeatures:
+    def prefetch(self, window: Window) -> bool:
+        """Start ``window``'s visual part now, on the worker thread, behind the windows already
+        started there. The visual stages must see the windows in order, so every earlier window
+        must have been started (or processed) first. The run loop calls this with the current
+        window, then the next queued one, so that the face of window k + 1 overlaps the voice of
+        window k. Nothing without the worker thread. True when this call started it."""
+        if self._pool is None or window.index in self._ahead:
+            return False
         out = WindowFeatures(absent=dict(self.absent_reason))
+        self._ahead[window.index] = (self._pool.submit(self._visual_part, window, out), out)
+        return True
+
+    def __call__(self, window: Window) -> WindowFeatures:
         if self._pool is None:
+            out = WindowFeatures(absent=dict(self.absent_reason))
             self._visual_part(window, out)
             for stage in self._other:
                 stage(window, out)
             return out
-        visual = self._pool.submit(self._visual_part, window, out)
+        self.prefetch(window)
+        visual, out = self._ahead.pop(window.index)
         try:
             for stage in self._other:
                 stage(window, out)
