@@ -404,6 +404,7 @@ CASES: dict[str, Case] = {
     "bench-corrupt-clip": Case("bench", ("--bundle", B, "--clip", "{corrupt-mp4}", "--json", "{out}"), 3,
                                ("corrupt-mp4.mp4",)),
     "bench-zero-repeats": Case("bench", ("--bundle", B, "--repeats", "0", "--json", "{out}"), 2, ("--repeats",)),
+    "bench-zero-replays": Case("bench", ("--bundle", B, "--replays", "0", "--json", "{out}"), 2, ("--replays",)),
     # ------------------------------------------------------------------ training.preprocess
     "preprocess-unknown-kind": Case("preprocess", ("--dataset", "iemocap={root}", "--out", "{out}", "--workers", "1"),
                                     2, ("iemocap", "unknown dataset kind")),

@@ -53,7 +53,7 @@ def test_bench_writes_every_stage_and_the_pipeline_figures(bundle, tmp_path, cap
     out = tmp_path / "bench" / "bench.json"
     md = tmp_path / "bench" / "bench.md"
     rc = main(["bench", "--bundle", str(bundle), "--clip", str(SAMPLE), "--repeats", "3", "--warmup", "1",
-               "--no-asr", "--json", str(out), "--markdown", str(md), "--set", "runtime.threads=1"])
+               "--replays", "2", "--no-asr", "--json", str(out), "--markdown", str(md), "--set", "runtime.threads=1"])
     printed = capsys.readouterr().out
     assert rc == 0
     result = json.loads(out.read_text())
@@ -67,6 +67,9 @@ def test_bench_writes_every_stage_and_the_pipeline_figures(bundle, tmp_path, cap
     assert run["events"] == 22  # 12.9 s clip, 2 s windows, 0.5 s hop
     assert 0 < run["time_to_first_event_s"] < run["wall_s"]
     assert run["peak_rss_mb"] > 50 and run["steady_rtf"] > 0
+    # Two replays: the table's figures are the lower middle one's, every replay's RTF is kept.
+    assert len(run["steady_rtf_runs"]) == 2 and run["steady_rtf"] == min(run["steady_rtf_runs"])
+    assert "the median of 2 replays" in printed
     assert {"features", "fusion", "face_detect"} <= set(run["stages"])
     assert len(result["loadavg_before"]) == 3 and result["machine"]["cores"] >= 1
     assert sorted(p.name for p in out.parent.iterdir()) == ["bench.json", "bench.json.config.toml", "bench.md"]
