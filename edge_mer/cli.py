@@ -17,6 +17,15 @@ def _record(signum, frame) -> None:
     _received.append(signum)
 
 
+def lost_stop() -> int | None:
+    """The last stop signal that :func:`main`'s start-up handler took, or None. The handler raises
+    :class:`~edge_mer.errors.Interrupted`, but a signal that lands inside a weakref callback or a
+    ``__del__`` (importlib's module locks) has its exception printed as "ignored" and lost; the
+    command's own start-up checks here before it goes on (``edge-mer run`` when it installs its
+    run-loop handlers)."""
+    return _received[-1] if _received else None
+
+
 def _is_program() -> bool:
     """Whether this process is ``edge-mer`` itself (the console script, ``python -m edge_mer``),
     not a program that imports the CLI (tests call main() in-process)."""
@@ -167,7 +176,32 @@ def _stopped(exc: KeyboardInterrupt, command: str | None) -> int:
     return 128 + signum
 
 
+def _quiet_lost_stops(unraisable) -> None:
+    """``sys.unraisablehook`` while :func:`main` runs: a stop signal's
+    :class:`~edge_mer.errors.Interrupted` lost in a weakref callback or ``__del__`` is not printed
+    (the stop is acted on through :func:`lost_stop` and the run's own check); anything else goes
+    to the previous hook."""
+    from edge_mer.errors import Interrupted
+
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    _previous_hook(unraisable)
+
+
+_previous_hook = sys.unraisablehook
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _previous_hook
+    _previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_lost_stops
+    try:
+        return _main(argv)
+    finally:
+        sys.unraisablehook = _previous_hook
+        _received.clear()  # acted on: a later in-process command starts clean
+
+
+def _main(argv: list[str] | None) -> int:
     command = None
     pending, _received[:] = list(_received), []
     with _stop_signals():

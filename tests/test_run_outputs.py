@@ -161,6 +161,45 @@ def test_a_signal_during_start_up(bundle, speech, tmp_path, sig, delay_s):
     assert list(tmp_path.iterdir()) == [], "a run stopped before its first event leaves no file"
 
 
+def test_a_start_up_stop_lost_in_a_weakref_callback_still_stops_the_run(capfd):
+    # A signal can land while Python runs a weakref callback (importlib's module locks do, as the
+    # runtime imports): the handler's Interrupted cannot leave the callback and would be printed as
+    # "Exception ignored" and lost, and the run would go on to its end. It is recorded; the run
+    # loop's handlers, when they are installed, stop the start-up with it, and nothing is printed.
+    import weakref
+
+    from edge_mer import cli
+    from edge_mer.errors import Interrupted
+    from edge_mer.stream.app import _Signals
+
+    class Held:
+        pass
+
+    def callback(_ref):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100_000):  # the handler runs in here, between two bytecodes
+            pass
+
+    previous = sys.unraisablehook
+    sys.unraisablehook = cli._quiet_lost_stops
+    try:
+        with cli._stop_signals():
+            start_up_handler = signal.getsignal(signal.SIGTERM)
+            held = Held()
+            ref = weakref.ref(held, callback)
+            del held
+            assert ref() is None and cli.lost_stop() == signal.SIGTERM
+            with pytest.raises(Interrupted) as caught:
+                with _Signals():
+                    pass
+            assert caught.value.signum == signal.SIGTERM
+            assert signal.getsignal(signal.SIGTERM) is start_up_handler  # the run's handlers were taken back
+    finally:
+        sys.unraisablehook = previous
+        cli._received.clear()
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 def test_a_signal_during_start_up_keeps_an_existing_out_file(bundle, speech, tmp_path):
     # A stop before the first event does not replace the events of an earlier run with nothing.
     out = tmp_path / "events.jsonl"

@@ -262,6 +262,12 @@ class _Signals:
                 if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
                     number = getattr(signal, name)
                     self._previous[number] = signal.signal(number, self._handle)
+        from edge_mer.cli import lost_stop
+
+        lost = lost_stop()  # a start-up signal whose exception a library swallowed
+        if lost is not None:
+            self.__exit__(None, None, None)
+            raise Interrupted(lost)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -389,6 +395,9 @@ def _run(args: argparse.Namespace, signals: _Signals | None = None) -> int:
                              max_bytes=int(cfg.runtime.queue_max_mb * 1e6), size_of=lambda w: getattr(w, "nbytes", 0))
         limiter = _RateLimiter(analysis_fps(mods, face_cfg)) if use_video else None
         reader = _Reader(source, windower, queue, limiter, not realtime, stats, recorder, extractor)
+        if signals.signum is not None:
+            # The handler's Interrupted was raised where it is lost (a weakref callback, a __del__).
+            raise Interrupted(signals.signum)
         signals.polling = True  # from here a signal ends the loop below between two events
         extractor.start()
         reader.start()
