@@ -52,12 +52,11 @@ NETS = ("fer", "human")
 
 
 def _session(path: str | os.PathLike):
-    import onnxruntime as ort
+    """An ONNX Runtime session on the CPU with one thread, made as the runtime makes its own."""
+    from edge_mer.backends.onnx_backend import OnnxModel
+    from edge_mer.config import RuntimeCfg
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return OnnxModel.from_file(path, RuntimeCfg(threads=1, providers=("CPUExecutionProvider",))).session
 
 
 def runtime_crops(det, face_cfg, path: Path, fps: float) -> list[tuple[float, np.ndarray]]:
@@ -120,16 +119,11 @@ def onnx_params(path: Path) -> int:
 
 
 def latency_ms(net, crop: np.ndarray, runs: int = 200) -> float:
-    name = net.sess.get_inputs()[0].name
-    x = net.inputs(crop[None])
-    for _ in range(10):
-        net.sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        net.sess.run(None, {name: x})
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    """Median single-crop latency, timed as ``edge-mer bench`` times a stage."""
+    from edge_mer.bench import time_call
+
+    feeds = {net.sess.get_inputs()[0].name: net.inputs(crop[None])}
+    return time_call(lambda: net.sess.run(None, feeds), runs, 10)["p50_ms"]
 
 
 def fer_exactness(fer: Fer, crops: np.ndarray) -> float | None:
