@@ -43,6 +43,7 @@ if _is_program():
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
@@ -176,28 +177,23 @@ def _stopped(exc: KeyboardInterrupt, command: str | None) -> int:
     return 128 + signum
 
 
-def _quiet_lost_stops(unraisable) -> None:
-    """``sys.unraisablehook`` while :func:`main` runs: a stop signal's
-    :class:`~edge_mer.errors.Interrupted` lost in a weakref callback or ``__del__`` is not printed
-    (the stop is acted on through :func:`lost_stop` and the run's own check); anything else goes
-    to the previous hook."""
-    from edge_mer.errors import Interrupted
-
+def _quiet_lost_stops(previous, unraisable) -> None:
+    """``sys.unraisablehook`` while :func:`main` runs (bound to the hook it replaced,
+    ``previous``): a stop signal's :class:`~edge_mer.errors.Interrupted` lost in a weakref
+    callback or ``__del__`` is not printed (the stop is acted on through :func:`lost_stop` and the
+    run's own check); anything else goes to ``previous``."""
     if isinstance(unraisable.exc_value, Interrupted):
         return
-    _previous_hook(unraisable)
-
-
-_previous_hook = sys.unraisablehook
+    previous(unraisable)
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _previous_hook
-    _previous_hook, sys.unraisablehook = sys.unraisablehook, _quiet_lost_stops
+    previous = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_quiet_lost_stops, previous)
     try:
         return _main(argv)
     finally:
-        sys.unraisablehook = _previous_hook
+        sys.unraisablehook = previous
         _received.clear()  # acted on: a later in-process command starts clean
 
 

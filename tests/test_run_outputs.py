@@ -6,6 +6,7 @@ Real processes, a real generated recording and a small real bundle; nothing is m
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -181,7 +182,7 @@ def test_a_start_up_stop_lost_in_a_weakref_callback_still_stops_the_run(capfd):
             pass
 
     previous = sys.unraisablehook
-    sys.unraisablehook = cli._quiet_lost_stops
+    sys.unraisablehook = functools.partial(cli._quiet_lost_stops, previous)
     try:
         with cli._stop_signals():
             start_up_handler = signal.getsignal(signal.SIGTERM)
@@ -189,9 +190,8 @@ def test_a_start_up_stop_lost_in_a_weakref_callback_still_stops_the_run(capfd):
             ref = weakref.ref(held, callback)
             del held
             assert ref() is None and cli.lost_stop() == signal.SIGTERM
-            with pytest.raises(Interrupted) as caught:
-                with _Signals():
-                    pass
+            with pytest.raises(Interrupted) as caught, _Signals():
+                pass
             assert caught.value.signum == signal.SIGTERM
             assert signal.getsignal(signal.SIGTERM) is start_up_handler  # the run's handlers were taken back
     finally:
