@@ -377,16 +377,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true", help="reuse fold bundles already built in --work")
     p.add_argument("--no-fresh", action="store_true", help="skip the fresh-run (single clip) condition")
     p.add_argument("--clips-per-actor", type=int, default=0, help="use that many clips per actor (quick runs; 0 = all)")
+    p.add_argument("--jobs", type=int, default=1, help="folds run side by side in this many processes (default 1; "
+                   "each replay uses one ONNX Runtime thread, so up to one job per core)")
     return p
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    # Our progress at INFO even when an imported library configured logging first.
+    for name in ("training.eval.bundle_cv", "export.audio_bundle"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def run_folds(folds: Sequence[tuple[int, list[int], list[int]]], args, clips: list[LabelledClip]) -> list[dict[str, Any]]:
+    """:func:`run_fold` for each ``(k, train, test)``, in ``args.jobs`` processes (results in fold
+    order). What the folds share (the published run and its cache) is made once, first; the
+    training actors' session recordings that several folds write are written atomically with the
+    same content, so two folds writing one is harmless."""
+    if args.jobs <= 1 or len(folds) <= 1:
+        return [run_fold(k, train, test, args, clips) for k, train, test in folds]
+    import concurrent.futures
+    import multiprocessing
+
+    if args.encoder == "whisper":
+        published_audio_run(Path(args.work), Path(args.data))
+    ctx = multiprocessing.get_context("spawn")  # no forked ONNX Runtime or torch thread pools
+    with concurrent.futures.ProcessPoolExecutor(max_workers=min(args.jobs, len(folds)), mp_context=ctx,
+                                                initializer=_log_to_stderr) as pool:
+        futures = [pool.submit(run_fold, k, train, test, args, clips) for k, train, test in folds]
+        return [f.result() for f in futures]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    # Our progress at INFO even when an imported library configured logging first.
-    for name in ("training.eval.bundle_cv", "export.audio_bundle"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    _log_to_stderr()
+    if args.jobs < 1:
+        print(f"bundle_cv: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     t0 = time.time()
     try:
         actors = parse_actor_list(args.actors)
@@ -397,12 +425,13 @@ def main(argv: list[str] | None = None) -> int:
             numbered = [(k, t) for k, t in numbered if k in wanted]
         all_actors = sorted(set(actors) | {a for t in tests for a in t} | set(parse_actor_list(args.train) if args.train else []))
         clips = ravdess_speech_clips(args.data, all_actors, args.clips_per_actor)
-        folds = []
+        plan = []
         for k, test in numbered:
             train = parse_actor_list(args.train) if args.train else [a for a in actors if a not in test]
             if set(train) & set(test):
                 raise EdgeMerError(f"fold {k}: actors {sorted(set(train) & set(test))} are in both train and test")
-            folds.append(run_fold(k, train, test, args, clips))
+            plan.append((k, train, test))
+        folds = run_folds(plan, args, clips)
     except EdgeMerError as exc:
         print(f"bundle_cv: {exc}", file=sys.stderr)
         return exc.exit_code
