@@ -132,3 +132,119 @@ def test_fp16_keeps_fp32_io(audio_fp32, tmp_path):
 def test_latency_is_measured(audio_fp32):
     ms = latency_ms(audio_fp32, {"logmel": speech_like_logmels(1)}, runs=3, warmup=1)
     assert ms > 0.0
+
+
+# --------------------------------------------------------------------------- the same features on every CPU
+
+# A CPU with AVX2 and without VNNI, as QEMU's user-mode emulator presents it (AMD EPYC Rome: the
+# ONNX Runtime U8S8 kernels there add two uint8 x int8 products into an int16, with saturation).
+AVX2_CPU = "EPYC-Rome"
+_RUN_MATMUL = """
+import sys, numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 1
+s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+np.save(sys.argv[3], s.run(None, {"x": np.load(sys.argv[2])})[0])
+"""
+
+
+def _qemu_x86_64() -> str:
+    import platform
+    import re
+    import shutil
+    import subprocess
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 not installed (Debian package qemu-user; scripts/setup.sh all installs it)")
+    if platform.machine() != "x86_64":
+        pytest.skip(f"emulating an x86-64 CPU is for x86-64 hosts (this one is {platform.machine()})")
+    version = re.search(r"version (\d+)\.(\d+)", subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout)
+    if version is None or tuple(map(int, version.groups())) < (7, 2):
+        pytest.skip("QEMU before 7.2 does not emulate AVX2")
+    return qemu
+
+
+def _matmul_model(path, k: int = 64, n: int = 16) -> np.ndarray:
+    """``y = ((x @ I) @ W) @ I`` with positive weights ``W``: with 8-bit weights every pair of
+    uint8 x int8 products of a large input overflows int16. The identities are the first and the
+    last layer, which static INT8 keeps float (:func:`export.quantize.float_layers`), so ``W`` is
+    quantised either way. Returns W."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).uniform(0.5, 1.0, size=(k, n)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "I_in"], ["h"], name="stem"),
+             helper.make_node("MatMul", ["h", "W"], ["g"], name="middle"),
+             helper.make_node("MatMul", ["g", "I_out"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+                              [numpy_helper.from_array(np.eye(k, dtype=np.float32), "I_in"), numpy_helper.from_array(w, "W"),
+                               numpy_helper.from_array(np.eye(n, dtype=np.float32), "I_out")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return w
+
+
+def _run(path, x_file, out, qemu: str | None = None, script: str = _RUN_MATMUL) -> np.ndarray:
+    import subprocess
+    import sys
+
+    cmd = ([qemu, "-cpu", AVX2_CPU] if qemu else []) + [sys.executable, "-c", script, str(path), str(x_file), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return np.load(out)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static"])
+def test_int8_computes_the_same_on_an_avx2_cpu(tmp_path, mode):
+    """The INT8 we ship computes the same numbers on a CPU without VNNI (emulated) as on this one,
+    and as fp32 to quantisation accuracy; 8-bit weights, as bundles had before, do not: on the
+    AVX2 CPU the saturated sums halve the output (which also shows the emulator really ran
+    ONNX Runtime's AVX2 kernel)."""
+    qemu = _qemu_x86_64()
+    fp32 = tmp_path / "mm.fp32.onnx"
+    w = _matmul_model(fp32)
+    x = np.random.default_rng(1).uniform(0.8, 1.0, size=(1, w.shape[0])).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    exact = x @ w
+    out = {}
+    for reduce_range in (True, False):
+        dst = tmp_path / f"mm.{mode}.{reduce_range}.onnx"
+        if mode == "dynamic":
+            quantize_dynamic_int8(fp32, dst, reduce_range=reduce_range)
+        else:
+            quantize_static_int8(fp32, dst, [{"x": x}], reduce_range=reduce_range)
+        out[reduce_range] = (_run(dst, tmp_path / "x.npy", tmp_path / "here.npy"),
+                             _run(dst, tmp_path / "x.npy", tmp_path / "avx2.npy", qemu))
+    here, avx2 = out[True]
+    assert np.abs(avx2 - exact).max() / np.abs(exact).max() < 0.02
+    np.testing.assert_allclose(avx2, here, rtol=1e-5, atol=1e-5)
+    _, avx2_8bit = out[False]
+    assert np.abs(avx2_8bit - exact).max() / np.abs(exact).max() > 0.2
+
+
+def test_default_bundle_int8_encoders_compute_the_same_on_an_avx2_cpu(tmp_path):
+    """The shipped bundle's INT8 encoders (the audio one runs by default) give this machine's
+    features on an emulated CPU without VNNI: the heads, fitted on one machine's features, read
+    the same inputs on any x86-64 or ARM device."""
+    from edge_mer.bundle import Bundle
+    from edge_mer.cli import DEFAULT_BUNDLE, REPO_ROOT
+    from edge_mer.features.logmel import front_end
+    from edge_mer.media import load_audio
+
+    qemu = _qemu_x86_64()
+    bundle = Bundle.load(DEFAULT_BUNDLE)
+    cfg = bundle.feature_cfg("audio")
+    wave = load_audio(REPO_ROOT / "samples" / "crema-d_1001_DFA_six_emotions.mp4", cfg.sample_rate_hz)
+    window = int(bundle.manifest["window"]["window_s"] * cfg.sample_rate_hz)
+    mel = front_end(wave[6 * cfg.sample_rate_hz: 6 * cfg.sample_rate_hz + window], cfg)[None].astype(np.float32)
+    np.save(tmp_path / "x.npy", mel)
+    run = _RUN_MATMUL.replace('{"x": np.load(sys.argv[2])}', '{"logmel": np.load(sys.argv[2])}')
+    for modality in ("audio",):  # the INT8 encoder that runs by default
+        _, entry = bundle.encoder_variant(modality, "int8")
+        assert entry["precision"] == "int8"
+        path = bundle.path(entry)
+        here = _run(path, tmp_path / "x.npy", tmp_path / "here.npy", script=run)
+        avx2 = _run(path, tmp_path / "x.npy", tmp_path / "avx2.npy", qemu, script=run)
+        assert np.linalg.norm(avx2 - here) / np.linalg.norm(here) < 1e-4, f"{modality}: INT8 features differ by CPU"
