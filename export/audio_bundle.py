@@ -282,10 +282,11 @@ class WindowSet:
     x: np.ndarray
     y: np.ndarray
     actor: np.ndarray
+    reliability: np.ndarray | None = None  # the audio stage's speech fraction of each window
 
 
 def runtime_training_windows(stage: Path, recordings: Sequence[Recording], precision: str) -> WindowSet:
-    xs, ys, actors = [], [], []
+    xs, ys, actors, rel = [], [], [], []
     for rec in recordings:
         for w in runtime_window_features(stage, rec.path, overrides=[f"runtime.precision={precision}", "runtime.threads=1"]):
             if w.feature is None:
@@ -296,7 +297,8 @@ def runtime_training_windows(stage: Path, recordings: Sequence[Recording], preci
             xs.append(w.feature)
             ys.append(rec.spans[i].clip.label if i is not None and overlap >= MIN_OVERLAP_S else "")
             actors.append(rec.speaker)
-    return WindowSet(np.stack(xs).astype(np.float64), np.asarray(ys), np.asarray(actors))
+            rel.append(w.reliability)
+    return WindowSet(np.stack(xs).astype(np.float64), np.asarray(ys), np.asarray(actors), np.asarray(rel, np.float64))
 
 
 def head_inputs(ws: WindowSet, prior: tuple[np.ndarray, np.ndarray], runtime: RuntimeCfg) -> tuple[np.ndarray, np.ndarray]:
@@ -440,6 +442,34 @@ class SessionHeads:
     shipped: str  # the precision the INT8 rule chose
     precision: dict[str, Any]  # {"oof_window_ua": {...}, "shipped": ..., "rule": ...}
     heads: dict[str, Any]  # {"per_user": info, "population": info, "training_windows": n}
+    reliability_weight: dict[str, Any] | None = None  # the audio's fusion weight per speech fraction (fit_reliability_weight)
+
+
+def fit_reliability_weight(logits: np.ndarray, y_idx: np.ndarray, fraction: np.ndarray) -> dict[str, Any]:
+    """The fusion weight of a modality as a function of its window reliability ``fraction`` (the
+    audio's speech fraction), ``w(f) = intercept + slope * f``, fitted to minimise the negative
+    log-likelihood of ``softmax(w(f) * logits)`` on calibrated out-of-fold logits of the training
+    speakers. In the runtime's log-linear pool a weight acts as an inverse temperature, so this is
+    how much the head's probabilities should count at each reliability: 1 where the calibrated
+    head is as sure as it should be, less where it is over-confident. Returns the curve and the
+    NLL of the fitted curve, of a constant 1 and of ``w = f`` (the weight before curves)."""
+    from scipy.optimize import minimize
+
+    f = np.clip(np.asarray(fraction, np.float64), 0.0, 1.0)
+    rows = np.arange(len(y_idx))
+
+    def nll_of(w: np.ndarray) -> float:
+        z = np.maximum(w, 0.0)[:, None] * logits
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, y_idx]))
+
+    best = minimize(lambda p: nll_of(p[0] + p[1] * f), x0=[1.0, 0.0], method="Nelder-Mead",
+                    options={"xatol": 1e-4, "fatol": 1e-7})
+    a, b = (float(v) for v in best.x)
+    return {"of": "speech fraction", "intercept": round(a, 4), "slope": round(b, 4), "windows": int(len(f)),
+            "nll": {"fitted": round(nll_of(a + b * f), 4), "constant 1": round(nll_of(np.ones_like(f)), 4),
+                    "w = fraction": round(nll_of(f), 4)},
+            "fitted_on": "out-of-fold windows of the training speakers (per-user head, calibrated)"}
 
 
 def session_heads(stage_root: Path, recordings: Sequence[Recording], variants: Sequence[str], runtime: RuntimeCfg,
@@ -466,9 +496,22 @@ def session_heads(stage_root: Path, recordings: Sequence[Recording], variants: S
     user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep], labels)
     pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep], labels)
     log.info("heads fitted: per-user %s, population %s", user_info, pop_info)
+    curve = None
+    if ws.reliability is not None:
+        # How much the per-user head's calibrated probabilities should count per speech fraction.
+        oof_logits = out_of_fold_logits(user[keep], ws.y[keep], ws.actor[keep], user_info["C"], labels) / user_info["temperature"]
+        curve = fit_reliability_weight(oof_logits, np.array([list(labels).index(v) for v in ws.y[keep]]),
+                                       ws.reliability[keep])
+        log.info("audio fusion weight per speech fraction: %s", curve)
     return SessionHeads(user_head, pop_head, prior, shipped,
                         {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"},
-                        {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())})
+                        {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())}, curve)
+
+
+def write_reliability_weight(manifest: dict, modality: str, curve: dict[str, Any] | None) -> None:
+    """The bundle's ``fusion.reliability_weight.<modality>`` (read by :class:`edge_mer.stream.fusion.Fusion`)."""
+    if curve is not None:
+        manifest.setdefault("fusion", {}).setdefault("reliability_weight", {})[modality] = curve
 
 
 def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, recordings: Sequence[Recording],
@@ -476,6 +519,7 @@ def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, reco
     """Runtime window features of the training actors per precision, the INT8 rule, both heads."""
     fit = session_heads(stage.root, recordings, variants, cfg.runtime)
     report["precision"], report["heads"] = fit.precision, fit.heads
+    write_reliability_weight(stage.manifest, "audio", fit.reliability_weight)
     _write_audio_heads(stage, fit.user, fit.population, fit.prior, fit.shipped, report, info["calibration"],
                        plan.only_shipped_precision)
 

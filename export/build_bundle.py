@@ -382,6 +382,13 @@ def model_card(manifest: dict, report: dict, command: str, notes: str = "") -> s
             lines.append(f"| {m} | per-user / population | {h['windows']} | "
                          f"{', '.join(f'{k} {v}' for k, v in h['windows_per_label'].items())} | {h['C']} | – | "
                          f"{h['window_ua']:.1f} | {h['window_ua_on']} |")
+    for m, h in heads.items():
+        curve = h.get("reliability_weight") if isinstance(h, dict) else None
+        if curve:
+            lines += ["", f"Fusion weight of the {m} head: {curve['intercept']:g} + {curve['slope']:g} x {curve['of']} "
+                          f"(fitted on {curve['windows']} {curve['fitted_on']}; negative log-likelihood "
+                          f"{curve['nll']['fitted']} against {curve['nll']['constant 1']} for a constant 1 and "
+                          f"{curve['nll']['w = fraction']} for a weight equal to the {curve['of']})."]
     lines += ["", "A label a modality never saw gets a fixed logit of −30 there: that modality leaves it to the others.",
               "These window figures are a sanity check on the labelled recordings, not an accuracy claim: measure the bundle "
               "on people it has never seen (`python -m training.eval.probe`, or a replay of held-out recordings).", "",
@@ -543,7 +550,7 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
         report["heads"], report["precision"] = {}, {}
         measured = set()  # modalities whose shipped precision a measured rule chose
         if sessions and fitted:
-            from export.audio_bundle import session_heads
+            from export.audio_bundle import session_heads, write_reliability_weight
 
             folder = Path(sessions_dir) if sessions_dir else Path(scratch) / "sessions"
             recordings = session_recordings(media, folder, session_seed)
@@ -553,6 +560,9 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
             report["precision"]["audio"] = {**fit.precision["oof_window_ua"], "shipped": fit.shipped,
                                             "on": "out-of-fold window UA, speaker-grouped"}
             write_modality_heads(stage, "audio", fit.user, fit.population, fit.prior)
+            write_reliability_weight(stage.manifest, "audio", fit.reliability_weight)
+            if fit.reliability_weight is not None:
+                report["heads"]["audio"]["reliability_weight"] = fit.reliability_weight
             stage.manifest["encoders"]["audio"]["default_precision"] = fit.shipped
             measured.add("audio")
         elif fitted:

@@ -60,7 +60,9 @@ NOTES = """## Using it
 
 Fusion: the runtime uses the head of exactly the modalities present; for a subset with no head of
 its own it takes a weighted average of the per-modality heads' log-probabilities, each weighted
-by the window's reliability of that modality (share of frames with a usable face, speech fraction).
+by the window's reliability of that modality (for the face: share of frames with a usable face,
+its size, pose and sharpness; for the voice: a curve of the speech fraction fitted on out-of-fold
+windows of the training speakers, listed under Heads).
 MELD and FER2013 have no "calm": the text and face heads give calm the same logit as neutral, so
 telling the two apart is left to the voice.
 

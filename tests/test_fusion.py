@@ -161,3 +161,52 @@ def test_reliability_weighs_each_modality_in_the_combination(tmp_path):
     weighted = Fusion.from_bundle(Bundle.load(root), RuntimeCfg(threads=1)).predict(feats)
     expected = np.exp((la + 3 * lt) / 4)
     np.testing.assert_allclose(weighted.probs, expected / expected.sum(), atol=1e-9)
+
+
+def test_a_fitted_reliability_curve_sets_the_weight(tmp_path):
+    # fusion.reliability_weight.audio = {intercept, slope}: the audio's reliability r counts as
+    # max(0, a + b r) (here 0.7 + 0.6 r), the text's as r; a malformed curve is one line.
+    import json
+
+    from edge_mer.bundle import write_manifest
+    from edge_mer.errors import BundleError
+
+    root = make_bundle(tmp_path / "b", ["audio", "text"], [["audio"], ["text"]])
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["fusion"] = {"reliability_weight": {"audio": {"intercept": 0.7, "slope": 0.6, "of": "speech fraction"}}}
+    write_manifest(root, manifest)
+    fusion = Fusion.from_bundle(Bundle.load(root), RuntimeCfg(threads=1))
+    rng = np.random.default_rng(4)
+    x = {m: rng.normal(size=(1, DIM)).astype(np.float32) for m in (A, T)}
+    pred = fusion.predict(x, {A: 0.5, T: 0.8})
+    la, lt = (np.log(np.maximum(pred.per_modality[m], 1e-8)) for m in ("audio", "text"))
+    wa, wt = 0.7 + 0.6 * 0.5, 0.8
+    expected = np.exp((wa * la + wt * lt) / (wa + wt))
+    np.testing.assert_allclose(pred.probs, expected / expected.sum(), atol=1e-9)
+    assert fusion.weight(A, {A: 1.0}) == pytest.approx(1.3) and fusion.weight(A, {A: 2.0}) == pytest.approx(1.3)
+    manifest["fusion"]["reliability_weight"]["audio"] = {"intercept": "high"}
+    write_manifest(root, manifest)
+    with pytest.raises(BundleError, match=r"fusion\.reliability_weight\.audio: expected"):
+        Fusion.from_bundle(Bundle.load(root), RuntimeCfg(threads=1))
+
+
+def test_fit_reliability_weight_recovers_how_much_a_head_should_count():
+    # Logits whose right sharpness grows with the fraction f: the true weight is 0.5 + f, so the fit
+    # finds intercept ~0.5 and slope ~1; a head as sure as it should be everywhere gets ~1 and ~0.
+    from export.audio_bundle import fit_reliability_weight
+
+    rng = np.random.default_rng(0)
+    n, k = 20000, 8
+    f = rng.uniform(0.2, 1.0, n)
+    base = rng.normal(size=(n, k)) * 2.0
+
+    def sample(weight):
+        p = np.exp(weight[:, None] * base)
+        p /= p.sum(axis=1, keepdims=True)
+        return np.array([rng.choice(k, p=row) for row in p])
+
+    fit = fit_reliability_weight(base, sample(0.5 + f), f)
+    assert fit["intercept"] == pytest.approx(0.5, abs=0.1) and fit["slope"] == pytest.approx(1.0, abs=0.15)
+    assert fit["nll"]["fitted"] <= min(fit["nll"]["constant 1"], fit["nll"]["w = fraction"])
+    flat = fit_reliability_weight(base, sample(np.ones(n)), f)
+    assert flat["intercept"] == pytest.approx(1.0, abs=0.1) and flat["slope"] == pytest.approx(0.0, abs=0.15)

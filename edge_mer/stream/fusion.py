@@ -6,8 +6,13 @@ present modalities, combined by a weighted average of their log-probabilities, r
 weighted geometric mean of the distributions). A modality's weight is the bundle's
 ``fusion.weights[m]`` (1 when not given) times the window's reliability of that modality (from
 its stage: the share of frames with a usable face, the speech fraction, ...), so a face turned
-away for half the window or a mostly silent window counts for less. A window with no usable
-modality yields an event with ``label`` null.
+away for half the window or a mostly silent window counts for less. Where the bundle has a
+fitted curve for a modality, ``fusion.reliability_weight[m] = {"intercept": a, "slope": b}``,
+the reliability ``r`` counts through it instead, as ``max(0, a + b r)``: the build fits it for the
+audio (:func:`export.audio_bundle.fit_reliability_weight`) from how well calibrated the head's
+out-of-fold probabilities are at each speech fraction, since a calibrated head's probabilities
+already carry much of a half-silent window's doubt. A window with no usable modality yields an
+event with ``label`` null.
 
 A head whose manifest entry has ``input_norm`` (``{"type": "per_user", "file": prior npz}``) was
 fitted on per-speaker standardised features; its input goes through a
@@ -80,6 +85,7 @@ class Fusion:
         self._warned: set[str] = set()
         weights = (bundle.manifest.get("fusion") or {}).get("weights") or {}
         self.weights = {Modality(m): float(w) for m, w in weights.items()}
+        self.curves = reliability_curves(bundle)
         # A user bundle (edge-mer adapt): per head, a residual on the head's log-probabilities
         # read from the head's own input (edge_mer.adapt.apply_residual).
         self.residuals = load_residuals(bundle)
@@ -198,14 +204,37 @@ class Fusion:
 
     def weight(self, m: Modality, reliability: dict[Modality, float] | None = None) -> float:
         """``m``'s weight in a combination of per-modality heads: the bundle's weight times the
-        window's reliability (both default 1)."""
+        window's reliability (both default 1), the latter through the bundle's fitted curve for
+        ``m`` where it has one."""
         r = 1.0 if reliability is None else float(reliability.get(m, 1.0))
-        return self.weights.get(m, 1.0) * min(1.0, max(0.0, r))
+        r = min(1.0, max(0.0, r))
+        curve = self.curves.get(m)
+        return self.weights.get(m, 1.0) * (r if curve is None else max(0.0, curve[0] + curve[1] * r))
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("fusion: %s", message)
+
+
+def reliability_curves(bundle: "Bundle") -> dict[Modality, tuple[float, float]]:
+    """``{modality: (intercept, slope)}`` of the bundle's ``fusion.reliability_weight``; a
+    malformed entry stops the run with one line naming it."""
+    from edge_mer.errors import BundleError
+
+    curves = {}
+    for m, entry in ((bundle.manifest.get("fusion") or {}).get("reliability_weight") or {}).items():
+        where = f"bundle {bundle.root}: fusion.reliability_weight.{m}"
+        try:
+            modality = Modality(m)
+            a, b = float(entry["intercept"]), float(entry["slope"])
+        except (ValueError, KeyError, TypeError):
+            raise BundleError(f"{where}: expected a modality and {{\"intercept\": number, \"slope\": number}}, "
+                              f"got {entry!r}") from None
+        if not (np.isfinite(a) and np.isfinite(b)):
+            raise BundleError(f"{where}: intercept and slope must be finite numbers, got {a}, {b}")
+        curves[modality] = (a, b)
+    return curves
 
 
 class Smoother:

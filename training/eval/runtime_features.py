@@ -24,6 +24,7 @@ class WindowFeature:
     t_end_s: float
     feature: np.ndarray | None  # the encoder's output, None when the modality was absent
     absent: str | None  # why it was absent
+    reliability: float = 1.0  # the stage's reliability of the window (audio: the speech fraction)
 
 
 def runtime_window_features(bundle_dir: str | os.PathLike, audio_path: str | os.PathLike,
@@ -53,7 +54,7 @@ def runtime_window_features(bundle_dir: str | os.PathLike, audio_path: str | os.
                 f = feats.features.get(modality)
                 out.append(WindowFeature(window.t_start_s, window.t_end_s,
                                          None if f is None else np.asarray(f, np.float32).reshape(-1),
-                                         feats.absent.get(modality.value)))
+                                         feats.absent.get(modality.value), float(feats.reliability.get(modality, 1.0))))
 
         try:
             for item in source:
