@@ -51,6 +51,10 @@ def test_the_build_fits_calibrated_per_user_and_population_heads_on_runtime_wind
     # 32 clips of about 3.5 s give about 4 labelled windows each
     assert 80 <= report["heads"]["training_windows"] <= 200
     assert bundle.manifest["provenance"]["build"]["actors"] == [1, 2, 3, 4]
+    # the voice's fusion weight per speech fraction, fitted on the same out-of-fold windows
+    curve = bundle.manifest["fusion"]["reliability_weight"]["audio"]
+    assert curve["of"] == "speech fraction" and np.isfinite([curve["intercept"], curve["slope"]]).all()
+    assert curve["nll"]["fitted"] <= min(curve["nll"]["constant 1"], curve["nll"]["w = fraction"]) + 1e-6
 
 
 def test_training_side_window_features_equal_what_edge_mer_run_computes(small_bundle, tmp_path):
@@ -142,6 +146,22 @@ def test_the_command_runs_a_fold_end_to_end(small_bundle, tmp_path, capsys):
     for name in ("results.md", "cold_start.png", "confusion.png", "events.json.gz"):
         assert (out / "random" / name).is_file()
     assert "Bundle-level cross-validation" in capsys.readouterr().out
+
+
+def test_folds_side_by_side_give_the_folds_one_after_the_other(small_bundle, tmp_path):
+    # --jobs 2 runs two folds in two processes; the same bundles replayed one fold after the other
+    # (--reuse) give the same scores, in fold order.
+    from training.eval.bundle_cv import main
+
+    _, _, data, work = small_bundle
+    common = ["--data", str(data), "--actors", "1-5", "--test", "4", "--test", "5", "--encoder", "random",
+              "--clips-per-actor", "8", "--no-fresh", "--work", str(tmp_path / "cv")]
+    assert main([*common, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    assert main([*common, "--out", str(tmp_path / "one"), "--reuse"]) == 0
+    two, one = (json.loads((tmp_path / d / "random" / "results.json").read_text())["folds"] for d in ("two", "one"))
+    assert [f["test_actors"] for f in two] == [[4], [5]] == [f["test_actors"] for f in one]
+    assert [f["scores"] for f in two] == [f["scores"] for f in one]
+    assert main([*common, "--out", str(tmp_path / "x"), "--jobs", "0"]) == 2
 
 
 def test_train_and_test_actors_may_not_overlap(small_bundle, tmp_path):
