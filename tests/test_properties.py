@@ -32,7 +32,9 @@ VALUES = st.one_of(
     st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["", "true", "false", "[]", "[1, 2]", "[0.5, 0.5, 0.5]", '"x"', "oldest", "newest", "auto",
                      "int8", "whisper", "vosk", "1e400", "-0", "None", "{}", "[[1]]"]),
-    st.text(max_size=12))
+    # Any text a command line can carry: an argument cannot hold a NUL byte (exec refuses it before
+    # edge-mer runs), so generating one tests the test harness, not the program.
+    st.text(st.characters(exclude_characters="\x00"), max_size=12))
 
 
 def _one_line(err: str) -> bool:
