@@ -62,7 +62,7 @@ apt_pkgs=(python3-venv libportaudio2 ffmpeg)
 # espeak-ng, sox: synthetic speech for the tests; mosquitto, chromium(-driver): the MQTT broker and
 # the headless browser the sink and dashboard tests run against; qemu-user: an emulated CPU without
 # VNNI, on which the INT8 tests check that quantised encoders compute the same features;
-# shellcheck: the lint of this script (its test skipped wherever it was not installed by hand).
+# and the shell linter that checks this script (its test skipped wherever no one had installed it).
 [ "$what" = all ] && apt_pkgs+=(espeak-ng sox mosquitto chromium chromium-driver qemu-user shellcheck)
 missing=()
 for p in "${apt_pkgs[@]}"; do
