@@ -355,20 +355,23 @@ def out_of_fold_logits(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: floa
     return out
 
 
+def mean_nll(logits: np.ndarray, y_idx: np.ndarray) -> float:
+    """The mean negative log-likelihood of ``y_idx`` under ``softmax(logits)`` (rows)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), y_idx]))
+
+
 def fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
     """The temperature minimising the negative log-likelihood of ``softmax(logits / T)``."""
-    def nll(t: float) -> float:
-        z = logits / t
-        z = z - z.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), y_idx]))
-
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
-    return float(grid[int(np.argmin([nll(t) for t in grid]))])
+    return float(grid[int(np.argmin([mean_nll(logits / t, y_idx) for t in grid]))])
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: Sequence[str] = LABELS) -> tuple[LinearProbe, dict]:
+def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+             labels: Sequence[str] = LABELS) -> tuple[LinearProbe, dict, np.ndarray]:
     """A calibrated linear head over ``labels``: C by speaker-grouped CV (UA), temperature on
-    out-of-fold logits."""
+    out-of-fold logits. Also returns those out-of-fold logits at the chosen C, divided by the
+    temperature (what the head says of windows it was not fitted on, calibrated)."""
     classes = list(labels)
     scores = {}
     oof = {}
@@ -386,7 +389,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: Sequence[
     probe = LinearProbe(mean.astype(np.float32), scale.astype(np.float32), (clf.coef_.T[:, cols] / t).astype(np.float32),
                         (clf.intercept_[cols] / t).astype(np.float32), tuple(classes))
     return probe, {"C": c, "temperature": round(t, 4), "oof_window_ua": round(scores[c], 2),
-                   "oof_window_ua_by_C": {str(k): round(v, 2) for k, v in scores.items()}}
+                   "oof_window_ua_by_C": {str(k): round(v, 2) for k, v in scores.items()}}, oof[c] / t
 
 
 # --------------------------------------------------------------------------- the build
@@ -441,8 +444,7 @@ class SessionHeads:
     prior: tuple[np.ndarray, np.ndarray]  # the speakers' feature statistics: the per-user normalisation's start
     shipped: str  # the precision the INT8 rule chose
     precision: dict[str, Any]  # {"oof_window_ua": {...}, "shipped": ..., "rule": ...}
-    heads: dict[str, Any]  # {"per_user": info, "population": info, "training_windows": n}
-    reliability_weight: dict[str, Any] | None = None  # the audio's fusion weight per speech fraction (fit_reliability_weight)
+    heads: dict[str, Any]  # {"per_user": info, "population": info, "training_windows": n, "reliability_weight": curve}
 
 
 def fit_reliability_weight(logits: np.ndarray, y_idx: np.ndarray, fraction: np.ndarray) -> dict[str, Any]:
@@ -456,12 +458,9 @@ def fit_reliability_weight(logits: np.ndarray, y_idx: np.ndarray, fraction: np.n
     from scipy.optimize import minimize
 
     f = np.clip(np.asarray(fraction, np.float64), 0.0, 1.0)
-    rows = np.arange(len(y_idx))
 
     def nll_of(w: np.ndarray) -> float:
-        z = np.maximum(w, 0.0)[:, None] * logits
-        z = z - z.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, y_idx]))
+        return mean_nll(np.maximum(w, 0.0)[:, None] * logits, y_idx)
 
     best = minimize(lambda p: nll_of(p[0] + p[1] * f), x0=[1.0, 0.0], method="Nelder-Mead",
                     options={"xatol": 1e-4, "fatol": 1e-7})
@@ -493,23 +492,24 @@ def session_heads(stage_root: Path, recordings: Sequence[Recording], variants: S
     ws = windows[shipped]
     prior, user, pop = inputs[shipped]
     keep = ws.y != ""
-    user_head, user_info = fit_head(user[keep], ws.y[keep], ws.actor[keep], labels)
-    pop_head, pop_info = fit_head(pop[keep], ws.y[keep], ws.actor[keep], labels)
+    user_head, user_info, user_oof = fit_head(user[keep], ws.y[keep], ws.actor[keep], labels)
+    pop_head, pop_info, _ = fit_head(pop[keep], ws.y[keep], ws.actor[keep], labels)
     log.info("heads fitted: per-user %s, population %s", user_info, pop_info)
-    curve = None
+    heads = {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())}
     if ws.reliability is not None:
         # How much the per-user head's calibrated probabilities should count per speech fraction.
-        oof_logits = out_of_fold_logits(user[keep], ws.y[keep], ws.actor[keep], user_info["C"], labels) / user_info["temperature"]
-        curve = fit_reliability_weight(oof_logits, np.array([list(labels).index(v) for v in ws.y[keep]]),
-                                       ws.reliability[keep])
-        log.info("audio fusion weight per speech fraction: %s", curve)
+        heads["reliability_weight"] = fit_reliability_weight(
+            user_oof, np.array([list(labels).index(v) for v in ws.y[keep]]), ws.reliability[keep])
+        log.info("audio fusion weight per speech fraction: %s", heads["reliability_weight"])
     return SessionHeads(user_head, pop_head, prior, shipped,
                         {"oof_window_ua": oof, "shipped": shipped, "rule": f"int8 within {MAX_UA_DROP:g} UA point of fp32"},
-                        {"per_user": user_info, "population": pop_info, "training_windows": int(keep.sum())}, curve)
+                        heads)
 
 
-def write_reliability_weight(manifest: dict, modality: str, curve: dict[str, Any] | None) -> None:
-    """The bundle's ``fusion.reliability_weight.<modality>`` (read by :class:`edge_mer.stream.fusion.Fusion`)."""
+def write_reliability_weight(manifest: dict, modality: str, heads: dict[str, Any]) -> None:
+    """The bundle's ``fusion.reliability_weight.<modality>`` (read by :class:`edge_mer.stream.fusion.Fusion`),
+    from the heads' report (:func:`session_heads`) when it has a fitted curve."""
+    curve = heads.get("reliability_weight")
     if curve is not None:
         manifest.setdefault("fusion", {}).setdefault("reliability_weight", {})[modality] = curve
 
@@ -519,7 +519,7 @@ def _fit_and_write_heads(stage: Bundle, plan: AudioBundlePlan, cfg: Config, reco
     """Runtime window features of the training actors per precision, the INT8 rule, both heads."""
     fit = session_heads(stage.root, recordings, variants, cfg.runtime)
     report["precision"], report["heads"] = fit.precision, fit.heads
-    write_reliability_weight(stage.manifest, "audio", fit.reliability_weight)
+    write_reliability_weight(stage.manifest, "audio", fit.heads)
     _write_audio_heads(stage, fit.user, fit.population, fit.prior, fit.shipped, report, info["calibration"],
                        plan.only_shipped_precision)
 

@@ -560,9 +560,7 @@ def build_run_bundle(run_dir: str | Path, cache: str | Path, labels_file: str | 
             report["precision"]["audio"] = {**fit.precision["oof_window_ua"], "shipped": fit.shipped,
                                             "on": "out-of-fold window UA, speaker-grouped"}
             write_modality_heads(stage, "audio", fit.user, fit.population, fit.prior)
-            write_reliability_weight(stage.manifest, "audio", fit.reliability_weight)
-            if fit.reliability_weight is not None:
-                report["heads"]["audio"]["reliability_weight"] = fit.reliability_weight
+            write_reliability_weight(stage.manifest, "audio", fit.heads)
             stage.manifest["encoders"]["audio"]["default_precision"] = fit.shipped
             measured.add("audio")
         elif fitted:

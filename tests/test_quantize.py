@@ -139,11 +139,12 @@ def test_latency_is_measured(audio_fp32):
 # A CPU with AVX2 and without VNNI, as QEMU's user-mode emulator presents it (AMD EPYC Rome: the
 # ONNX Runtime U8S8 kernels there add two uint8 x int8 products into an int16, with saturation).
 AVX2_CPU = "EPYC-Rome"
-_RUN_MATMUL = """
+# argv: model, input .npy, output .npy, input name
+_RUN_ONNX = """
 import sys, numpy as np, onnxruntime as ort
 so = ort.SessionOptions(); so.intra_op_num_threads = 1
 s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
-np.save(sys.argv[3], s.run(None, {"x": np.load(sys.argv[2])})[0])
+np.save(sys.argv[3], s.run(None, {sys.argv[4]: np.load(sys.argv[2])})[0])
 """
 
 
@@ -186,11 +187,13 @@ def _matmul_model(path, k: int = 64, n: int = 16) -> np.ndarray:
     return w
 
 
-def _run(path, x_file, out, qemu: str | None = None, script: str = _RUN_MATMUL) -> np.ndarray:
+def _run(path, x_file, out, qemu: str | None = None, input_name: str = "x") -> np.ndarray:
+    """One ONNX Runtime run of ``path`` in a fresh process, here or on the emulated AVX2 CPU."""
     import subprocess
     import sys
 
-    cmd = ([qemu, "-cpu", AVX2_CPU] if qemu else []) + [sys.executable, "-c", script, str(path), str(x_file), str(out)]
+    cmd = ([qemu, "-cpu", AVX2_CPU] if qemu else []) + [sys.executable, "-c", _RUN_ONNX, str(path), str(x_file), str(out),
+                                                         input_name]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return np.load(out)
@@ -240,11 +243,8 @@ def test_default_bundle_int8_encoders_compute_the_same_on_an_avx2_cpu(tmp_path):
     window = int(bundle.manifest["window"]["window_s"] * cfg.sample_rate_hz)
     mel = front_end(wave[6 * cfg.sample_rate_hz: 6 * cfg.sample_rate_hz + window], cfg)[None].astype(np.float32)
     np.save(tmp_path / "x.npy", mel)
-    run = _RUN_MATMUL.replace('{"x": np.load(sys.argv[2])}', '{"logmel": np.load(sys.argv[2])}')
-    for modality in ("audio",):  # the INT8 encoder that runs by default
-        _, entry = bundle.encoder_variant(modality, "int8")
-        assert entry["precision"] == "int8"
-        path = bundle.path(entry)
-        here = _run(path, tmp_path / "x.npy", tmp_path / "here.npy", script=run)
-        avx2 = _run(path, tmp_path / "x.npy", tmp_path / "avx2.npy", qemu, script=run)
-        assert np.linalg.norm(avx2 - here) / np.linalg.norm(here) < 1e-4, f"{modality}: INT8 features differ by CPU"
+    _, entry = bundle.encoder_variant("audio", "int8")  # the INT8 encoder that runs by default
+    assert entry["precision"] == "int8"
+    here = _run(bundle.path(entry), tmp_path / "x.npy", tmp_path / "here.npy", input_name="logmel")
+    avx2 = _run(bundle.path(entry), tmp_path / "x.npy", tmp_path / "avx2.npy", qemu, input_name="logmel")
+    assert np.linalg.norm(avx2 - here) / np.linalg.norm(here) < 1e-4, "audio: INT8 features differ by CPU"
