@@ -14,11 +14,11 @@
   and 3) multiply with ``vpmaddubsw``, which adds two uint8 x int8 products into an int16 and
   saturates: with 8-bit weights, ``2 * 255 * 127`` does not fit, so those CPUs compute other
   numbers than CPUs with VNNI (``vpdpbusd``, exact int32) and ARM. Measured on the default's
-  Whisper encoder (dynamic INT8; a RAVDESS-style window of CREMA-D speech): 8-bit weights give a
-  relative error against fp32 of 1.7 % with VNNI and 4.0 % on an emulated AMD EPYC-Rome
-  (``qemu-x86_64 -cpu EPYC-Rome``), the two CPUs 3.7 % apart; 7-bit weights give 3.0 % on both,
-  identical to 1e-6, at the same speed (U8U8, the other remedy, is as accurate as 8 bits but 65 %
-  slower on a VNNI CPU). ``tests/test_quantize.py`` runs a quantised model on the emulated AVX2
+  Whisper encoder (dynamic INT8, one real 2 s window; ``python benchmarks/int8_cpus.py``): 8-bit
+  weights give a relative error against fp32 of 1.8 % with VNNI and 4.3 % on an emulated AMD
+  EPYC-Rome (``qemu-x86_64 -cpu EPYC-Rome``), the two CPUs 3.9 % apart; 7-bit weights give 2.9 %
+  on both, identical to 1e-6, at the same speed (U8U8, the other remedy, is more accurate but
+  about 65 % slower on a VNNI CPU). ``tests/test_quantize.py`` runs a quantised model on the emulated AVX2
   CPU and checks it against this machine's own result.
 - :func:`convert_fp16`: fp16 weights and compute with fp32 inputs/outputs (Cast nodes at the
   edges), so callers feed the same arrays whatever the precision.
